@@ -1,0 +1,263 @@
+"""The front end: capture an nn.Module into our Graph.
+
+First choice is torch.export (non-strict) with a dynamic batch dimension, which gives a graph whose
+reshapes follow the batch size. Where export refuses the model because of Python control flow that
+depends on tensor values (`if x.mean() > 0:`), we fall back to a concrete trace on the real example
+inputs, like torch.jit.trace: the branch taken is baked in and a warning says where.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+import warnings
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.fx
+from torch.export import Dim
+
+from ..errors import CaptureError, InputError
+from .concrete import concrete_trace
+from .fx_import import FxSource, import_fx, user_frame
+from .graph import Graph, InputSpec, Ref
+from .ops import Op
+from .verify import verify
+
+__all__ = ["normalize_inputs", "trace"]
+
+log = logging.getLogger("pytorch_nndct")
+
+
+def normalize_inputs(example_inputs: Any) -> tuple:
+    """The seed accepts a bare tensor or a tuple of positional arguments; anything else is one argument."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    return (example_inputs,)
+
+
+def _check_leaves(value: Any, path: str) -> None:
+    if isinstance(value, torch.Tensor | int | float | bool | str | type(None)):
+        return
+    if isinstance(value, list | tuple):
+        for k, v in enumerate(value):
+            _check_leaves(v, f"{path}[{k}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise InputError(f"example input {path} has a dict key {k!r} of type {type(k).__name__}; "
+                                 "use string or integer keys.")
+            _check_leaves(v, f"{path}[{k!r}]")
+        return
+    raise InputError(
+        f"example input {path} is a {type(value).__name__}, which cannot be traced. Pass tensors, or "
+        "tuples, lists and dicts of tensors (numbers and None are allowed as constants), e.g. "
+        "trace(model, (torch.randn(1, 3, 224, 224),))."
+    )
+
+
+def _templates(module: torch.nn.Module, args: tuple) -> tuple[list[InputSpec], list[torch.Tensor]]:
+    tensors: list[torch.Tensor] = []
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            tensors.append(v)
+            return Ref(len(tensors) - 1)
+        if isinstance(v, list | tuple):
+            return type(v)(walk(x) for x in v)
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        names = []
+    specs = []
+    for k, a in enumerate(args):
+        name = names[k] if k < len(names) and names[k].isidentifier() else f"input_{k}"
+        specs.append(InputSpec(name, walk(a)))
+    return specs, tensors
+
+
+def _run_eager(module: torch.nn.Module, args: tuple) -> Any:
+    try:
+        with torch.no_grad():
+            return module(*args)
+    except Exception as exc:
+        where = user_frame(traceback.extract_tb(exc.__traceback__))
+        shapes = ", ".join(
+            f"{tuple(t.shape)}" for t in _flat_tensors(args)
+        )
+        raise InputError(
+            f"the model's forward failed on the example inputs (shapes {shapes}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            + (f" (at {where})" if where else "")
+            + ". Fix: pass example inputs with the types and shapes the model's forward expects."
+        ) from exc
+
+
+def _flat_tensors(value: Any) -> list[torch.Tensor]:
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    return [v for v in leaves if isinstance(v, torch.Tensor)]
+
+
+def _check_outputs(value: Any) -> None:
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor | int | float | bool | str | type(None)):
+            raise CaptureError(
+                f"the model returns a {type(leaf).__name__}, which a captured graph cannot reproduce. "
+                "Fix: return tensors, or tuples, lists and dicts of tensors."
+            )
+
+
+def _dynamic_shapes(args: tuple, batch: int | None) -> Any:
+    def spec(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return {0: Dim.AUTO} if v.dim() > 0 and v.shape[0] == batch else None
+        if isinstance(v, list | tuple):
+            return type(v)(spec(x) for x in v)
+        if isinstance(v, dict):
+            return {k: spec(x) for k, x in v.items()}
+        return None
+
+    return tuple(spec(a) for a in args)
+
+
+def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: str) -> Graph:
+    tensors = _flat_tensors(args)
+    batch = tensors[0].shape[0] if tensors and tensors[0].dim() > 0 else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(module, args, dynamic_shapes=_dynamic_shapes(args, batch), strict=False)
+    sig = ep.graph_signature
+    param_of: dict[str, str] = {}
+    params: dict[str, torch.Tensor] = {}
+    user_inputs: list[str] = []
+    for spec in sig.input_specs:
+        kind = spec.kind.name
+        if kind == "USER_INPUT":
+            if type(spec.arg).__name__ == "TensorArgument":
+                user_inputs.append(spec.arg.name)
+            continue
+        target = spec.target
+        value = ep.state_dict.get(target) if target in ep.state_dict else ep.constants.get(target)
+        if isinstance(value, torch.Tensor):
+            param_of[spec.arg.name] = target
+            params[target] = value.detach()
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    batch_syms = set()
+    if user_inputs:
+        first = placeholders[user_inputs[0]].meta.get("val")
+        if isinstance(first, torch.Tensor) and first.dim() > 0 and not isinstance(first.shape[0], int):
+            batch_syms.add(str(first.shape[0]))
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    flat_out = list(out_node.args[0])
+    out_template = torch.utils._pytree.tree_unflatten([Ref(i) for i in range(len(flat_out))], ep.call_spec.out_spec)
+    src = FxSource(
+        graph=ep.graph,
+        name=name,
+        param_of=param_of,
+        params=params,
+        input_specs=specs,
+        user_inputs=user_inputs,
+        output=out_template,
+        output_values=flat_out,
+        batch_symbols=batch_syms,
+    )
+    graph = import_fx(src)
+    if batch is not None and not batch_syms:
+        log.warning("pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
+                    "generated model accepts only that batch size.", batch, name)
+    return graph
+
+
+def _is_data_dependent(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(e) for e in _chain(exc))
+    return bool(
+        names & {"GuardOnDataDependentSymNode", "UserError", "DataDependentOutputException",
+                 "DynamicOutputShapeException", "UnsupportedOperatorException"}
+        or "data-dependent" in text
+        or "data dependent" in text
+    )
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
+    """Capture `module` called on `example_inputs` (a tensor or a tuple of arguments) as a Graph."""
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(
+            f"trace() needs a torch.nn.Module, got {type(module).__name__}. Fix: pass the model object "
+            "itself (e.g. torchvision.models.resnet18()), not its state dict, class or output."
+        )
+    args = normalize_inputs(example_inputs)
+    for k, a in enumerate(args):
+        _check_leaves(a, f"#{k}")
+    name = type(module).__name__
+    was_training = module.training
+    module.eval()
+    try:
+        out = _run_eager(module, args)
+        _check_outputs(out)
+        specs, _ = _templates(module, args)
+        try:
+            graph = _export(module, args, specs, name)
+        except CaptureError:
+            raise
+        except Exception as exc:  # torch.export refused: fall back to a concrete trace
+            export_error = exc
+            reason = _short(exc)
+            where = user_frame(traceback.extract_tb(exc.__traceback__))
+            kind = "data-dependent control flow" if _is_data_dependent(exc) else "an unsupported construct"
+            log.warning(
+                "pytorch_nndct: torch.export could not capture %s (%s%s); falling back to a concrete trace "
+                "on the example inputs, which bakes in every branch taken (as torch.jit.trace does). %s",
+                name, kind, f" at {where}" if where else "", reason,
+            )
+            try:
+                graph = concrete_trace(module, args, specs, name)
+            except CaptureError as cexc:
+                raise CaptureError(
+                    f"{name} cannot be captured. torch.export failed with {reason}"
+                    + (f" at {where}" if where else "")
+                    + f"; the concrete fallback trace failed too: {cexc} Fix: rewrite that line with torch "
+                    "operations on tensors (no NumPy, no .tolist()), or wrap the part that cannot be traced "
+                    "out of the module you quantize."
+                ) from export_error
+    finally:
+        module.train(was_training)
+    verify(graph)
+    _warn_unknown_ops(graph)
+    return graph
+
+
+def _warn_unknown_ops(graph: Graph) -> None:
+    counts = Counter(n.attrs["target"] for n in graph.nodes if n.op is Op.ATEN)
+    if counts:
+        listing = ", ".join(f"{t} x{c}" for t, c in sorted(counts.items()))
+        log.warning(
+            "pytorch_nndct: %d op(s) of %s have no quantized equivalent and run in float: %s",
+            sum(counts.values()), graph.name, listing,
+        )
+

@@ -1,0 +1,61 @@
+"""Graph rewrites. A pass is `name_(graph) -> bool`: it mutates the graph and says whether it changed it.
+
+`run_passes` verifies the graph after every pass and names the pass that broke it; `optimize` runs the
+default pipeline and renumbers the nodes so their names are compact and stable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from ..ir.graph import Graph
+from ..ir.verify import GraphInvariantError, verify
+from .cleanup import remove_dead_code_, remove_dropout_, remove_identity_
+from .fold_bn import bn_to_channel_scale_, fold_bn_
+
+__all__ = [
+    "DEFAULT_PASSES",
+    "Pass",
+    "bn_to_channel_scale_",
+    "fold_bn_",
+    "optimize",
+    "remove_dead_code_",
+    "remove_dropout_",
+    "remove_identity_",
+    "run_passes",
+]
+
+log = logging.getLogger("pytorch_nndct")
+
+Pass = Callable[[Graph], bool]
+
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    remove_dropout_,
+    remove_identity_,
+    remove_dead_code_,
+    fold_bn_,
+    bn_to_channel_scale_,
+    remove_dead_code_,
+)
+
+
+def run_passes(graph: Graph, passes: Sequence[Pass]) -> bool:
+    """Run `passes` in order, verifying the graph after each; True if any changed it."""
+    changed = False
+    for p in passes:
+        did = p(graph)
+        try:
+            verify(graph)
+        except GraphInvariantError as exc:
+            raise GraphInvariantError(f"pass {p.__name__} broke the graph: {exc}") from exc
+        log.debug("pass %s: %s", p.__name__, "changed" if did else "no change")
+        changed |= did
+    return changed
+
+
+def optimize(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Graph:
+    """Run the default passes on `graph` (in place) and renumber its nodes; returns the graph."""
+    run_passes(graph, passes)
+    graph.renumber()
+    return graph
