@@ -21,8 +21,9 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import pytorch_nndct as nd  # noqa: E402
-from helpers import REGEN_SQNR_DB, prepare_model, sqnr_db  # noqa: E402
+import pytorch_nndct as nd
+from helpers import REGEN_SQNR_DB, prepare_model, sqnr_db
+
 
 def input_size(name: str) -> tuple[int, int, int]:
     return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
@@ -51,7 +52,7 @@ def run_one(name: str) -> tuple[str, float, float, float, int, str, int]:
 def main(names: list[str]) -> int:
     logging.basicConfig(level=logging.ERROR)
     names = names or torchvision.models.list_models(module=torchvision.models)
-    print(f"| model | result | SQNR b=2 (dB) | SQNR b=3 (dB) | nodes | float-only ops | seconds | note |")
+    print("| model | result | SQNR b=2 (dB) | SQNR b=3 (dB) | nodes | float-only ops | seconds | note |")
     print("|---|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
@@ -62,9 +63,14 @@ def main(names: list[str]) -> int:
             note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             traceback.print_exc(file=sys.stderr)
         failed += status != "pass"
-        print(f"| {name} | {status} | {s2:.1f} | {s3:.1f} | {nodes} | {floats} | {sec:.1f} | {note} |", flush=True)
-    print(f"\n{len(names) - failed} of {len(names)} models pass (SQNR > {REGEN_SQNR_DB} dB at both batch sizes, "
-          "no BatchNorm left after a conv).")
+        print(
+            f"| {name} | {status} | {s2:.1f} | {s3:.1f} | {nodes} | {floats} | {sec:.1f} | {note} |",
+            flush=True,
+        )
+    print(
+        f"\n{len(names) - failed} of {len(names)} models pass (SQNR > {REGEN_SQNR_DB} dB at both batch sizes, "
+        "no BatchNorm left after a conv)."
+    )
     return 1 if failed else 0
 
 

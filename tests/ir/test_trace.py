@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import assert_float_equivalent, flat_tensors
 from torch import nn
 
 import pytorch_nndct as nd
+from helpers import assert_float_equivalent, flat_tensors
 from pytorch_nndct.ir.ops import Op
 
 
@@ -136,7 +136,7 @@ def test_in_place_ops_on_views_are_kept_exact(tmp_path):
 
 # ----------------------------------------------------------------------------------------- errors
 def test_not_a_module_is_a_clear_error():
-    with pytest.raises(nd.InputError, match="needs a torch.nn.Module, got OrderedDict"):
+    with pytest.raises(nd.InputError, match=r"needs a torch.nn.Module, got OrderedDict"):
         nd.trace(nn.Linear(2, 2).state_dict(), torch.randn(1, 2))
 
 

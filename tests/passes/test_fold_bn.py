@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_float_equivalent, golden
-from small_models import _randomize_bn, golden_models
 from torch import nn
 
 import pytorch_nndct as nd
+from helpers import assert_float_equivalent, golden
 from pytorch_nndct.codegen import generate_source
 from pytorch_nndct.ir.ops import CONV_OPS, Op
+from small_models import _randomize_bn, golden_models
 
 MODELS = golden_models()
 

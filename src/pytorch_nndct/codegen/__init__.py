@@ -40,17 +40,39 @@ def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename, so no half-written file is left."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_atomic(files: dict[Path, bytes]) -> None:
+    """Write several files so that either all of them are replaced or none is.
+
+    Each file goes to a temporary name first; existing files are moved aside and restored if any step
+    fails, so an interrupted or failed write never leaves a half-written output directory.
+    """
+    temps: dict[Path, str] = {}
+    backups: dict[Path, str] = {}
+    done: list[Path] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        for path, data in files.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for path in files:
+            if path.exists():
+                backups[path] = tempfile.mktemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bak")
+                os.rename(path, backups[path])
+            os.replace(temps[path], path)
+            del temps[path]
+            done.append(path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in done:
+            path.unlink(missing_ok=True)
+        for path, bak in backups.items():
+            os.rename(bak, path)
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
+    for bak in backups.values():
+        os.unlink(bak)
 
 
 def write_module(graph: Graph, output_dir: str | os.PathLike) -> Path:
@@ -63,8 +85,7 @@ def write_module(graph: Graph, output_dir: str | os.PathLike) -> Path:
     out = prepare_output_dir(output_dir)
     cls = class_name(graph.name)
     py_path = out / f"{cls}.py"
-    write_atomic(out / f"{cls}.pth", buf.getvalue())
-    write_atomic(py_path, source.encode())
+    write_atomic({out / f"{cls}.pth": buf.getvalue(), py_path: source.encode()})
     return py_path
 
 

@@ -194,7 +194,9 @@ def concrete_trace(module: torch.nn.Module, args: tuple, specs: list[InputSpec],
     for where in dict.fromkeys(rec.baked):
         log.warning(
             "pytorch_nndct: %s reads a tensor value into Python at %s; the branch taken on the example "
-            "inputs is baked into the captured graph.", name, where,
+            "inputs is baked into the captured graph.",
+            name,
+            where,
         )
     flat_out, out_spec = torch.utils._pytree.tree_flatten(out)
     values: list[Any] = []

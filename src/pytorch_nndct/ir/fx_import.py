@@ -168,7 +168,11 @@ class _Importer:
                 meta = TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch."))
                 first = self._first_real_node()
                 self.const_nodes[x.name] = self.graph.add_node(
-                    Op.CONST, params={"value": x.name}, meta=meta, scope=x.name.rpartition(".")[0], before=first
+                    Op.CONST,
+                    params={"value": x.name},
+                    meta=meta,
+                    scope=x.name.rpartition(".")[0],
+                    before=first,
                 )
             return self.const_nodes[x.name]
         raise CaptureError(self._where(f"expected a tensor, got {x!r}"))
@@ -200,9 +204,11 @@ class _Importer:
             return msg
         loc = _source_of(n)
         scope = _scope_of(n)
-        return f"while capturing {n.target} ({n.name}){' in module ' + repr(scope) if scope else ''}" + (
-            f" at {loc}" if loc else ""
-        ) + f": {msg}"
+        return (
+            f"while capturing {n.target} ({n.name}){' in module ' + repr(scope) if scope else ''}"
+            + (f" at {loc}" if loc else "")
+            + f": {msg}"
+        )
 
     # ------------------------------------------------------------------ nodes
     def add(self, fx_node: torch.fx.Node, spec: Spec) -> Node:
@@ -231,15 +237,23 @@ class _Importer:
                 return None
             if name in ("aten.sym_size.int", "aten.sym_size.default"):
                 x = self.materialize(self.value(fx_node.args[0]))
-                return self.graph.add_node(
-                    Op.SIZE, [x], attrs={"dim": fx_node.args[1]}, scope=_scope_of(fx_node)
-                )
+                return self.graph.add_node(Op.SIZE, [x], attrs={"dim": fx_node.args[1]}, scope=_scope_of(fx_node))
             return self.aten(fx_node, name)
-        if callable(target) and getattr(target, "__module__", None) in ("_operator", "operator", "math", "builtins"):
+        if callable(target) and getattr(target, "__module__", None) in (
+            "_operator",
+            "operator",
+            "math",
+            "builtins",
+        ):
             module = {"_operator": "operator"}.get(target.__module__, target.__module__)
             spec = Spec(Op.SCALAR, attrs={"fn": f"{module}.{target.__name__}", "args": self.value(fx_node.args)})
             return self.add(fx_node, spec)
-        if callable(target) and getattr(target, "__name__", "") in ("sym_float", "sym_int", "sym_max", "sym_min"):
+        if callable(target) and getattr(target, "__name__", "") in (
+            "sym_float",
+            "sym_int",
+            "sym_max",
+            "sym_min",
+        ):
             spec = Spec(Op.SCALAR, attrs={"fn": f"torch.{target.__name__}", "args": self.value(fx_node.args)})
             return self.add(fx_node, spec)
         raise CaptureError(self._where(f"the call {target!r} is not an ATen operator and cannot be captured"))
@@ -256,12 +270,18 @@ class _Importer:
             try:
                 spec = converter(call)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-                log.warning("pytorch_nndct: internal error mapping %s (%r); it is kept as a float op. Please "
-                            "report this.", self._where(name), exc)
+                log.warning(
+                    "pytorch_nndct: internal error mapping %s (%r); it is kept as a float op. Please report this.",
+                    self._where(name),
+                    exc,
+                )
         in_place = _mutates_first(target)
         first_arg = fx_node.args[0] if fx_node.args else None
-        if spec is not None and in_place and (
-            not isinstance(first_arg, torch.fx.Node) or _returns_view(first_arg) or first_arg.op == "placeholder"
+        if (
+            spec is not None
+            and in_place
+            and spec.op is not Op.DROPOUT
+            and (not isinstance(first_arg, torch.fx.Node) or _returns_view(first_arg) or first_arg.op == "placeholder")
         ):
             spec = None  # mutating a view or a parameter in place: keep the exact in-place call
         if spec is None:
@@ -302,9 +322,7 @@ class _Importer:
         placeholders = {n.name: n for n in src.graph.nodes if n.op == "placeholder"}
         for name in src.user_inputs:
             fx_node = placeholders[name]
-            self.env[fx_node] = self.graph.add_node(
-                Op.INPUT, meta=_meta(fx_node.meta.get("val"), src.batch_symbols)
-            )
+            self.env[fx_node] = self.graph.add_node(Op.INPUT, meta=_meta(fx_node.meta.get("val"), src.batch_symbols))
         for fx_node in src.graph.nodes:
             self.current = fx_node
             if fx_node.op == "placeholder":

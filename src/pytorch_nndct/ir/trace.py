@@ -48,8 +48,9 @@ def _check_leaves(value: Any, path: str) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str | int):
-                raise InputError(f"example input {path} has a dict key {k!r} of type {type(k).__name__}; "
-                                 "use string or integer keys.")
+                raise InputError(
+                    f"example input {path} has a dict key {k!r} of type {type(k).__name__}; use string or integer keys."
+                )
             _check_leaves(v, f"{path}[{k!r}]")
         return
     raise InputError(
@@ -93,9 +94,7 @@ def _run_eager(module: torch.nn.Module, args: tuple) -> Any:
             return module(*args)
     except Exception as exc:
         where = user_frame(traceback.extract_tb(exc.__traceback__))
-        shapes = ", ".join(
-            f"{tuple(t.shape)}" for t in _flat_tensors(args)
-        )
+        shapes = ", ".join(f"{tuple(t.shape)}" for t in _flat_tensors(args))
         raise InputError(
             f"the model's forward failed on the example inputs (shapes {shapes}): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
@@ -175,8 +174,12 @@ def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: 
     )
     graph = import_fx(src)
     if batch is not None and not batch_syms:
-        log.warning("pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
-                    "generated model accepts only that batch size.", batch, name)
+        log.warning(
+            "pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
+            "generated model accepts only that batch size.",
+            batch,
+            name,
+        )
     return graph
 
 
@@ -184,8 +187,14 @@ def _is_data_dependent(exc: BaseException) -> bool:
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(e) for e in _chain(exc))
     return bool(
-        names & {"GuardOnDataDependentSymNode", "UserError", "DataDependentOutputException",
-                 "DynamicOutputShapeException", "UnsupportedOperatorException"}
+        names
+        & {
+            "GuardOnDataDependentSymNode",
+            "UserError",
+            "DataDependentOutputException",
+            "DynamicOutputShapeException",
+            "UnsupportedOperatorException",
+        }
         or "data-dependent" in text
         or "data dependent" in text
     )
@@ -233,7 +242,10 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
             log.warning(
                 "pytorch_nndct: torch.export could not capture %s (%s%s); falling back to a concrete trace "
                 "on the example inputs, which bakes in every branch taken (as torch.jit.trace does). %s",
-                name, kind, f" at {where}" if where else "", reason,
+                name,
+                kind,
+                f" at {where}" if where else "",
+                reason,
             )
             try:
                 graph = concrete_trace(module, args, specs, name)
@@ -258,6 +270,7 @@ def _warn_unknown_ops(graph: Graph) -> None:
         listing = ", ".join(f"{t} x{c}" for t, c in sorted(counts.items()))
         log.warning(
             "pytorch_nndct: %d op(s) of %s have no quantized equivalent and run in float: %s",
-            sum(counts.values()), graph.name, listing,
+            sum(counts.values()),
+            graph.name,
+            listing,
         )
-

@@ -24,7 +24,11 @@ def _squeeze(input: Tensor, dim: Any = None) -> Tensor:
 
 
 def _interpolate(
-    input: Tensor, size: Any = None, scale_factor: Any = None, mode: str = "nearest", align_corners: Any = None
+    input: Tensor,
+    size: Any = None,
+    scale_factor: Any = None,
+    mode: str = "nearest",
+    align_corners: Any = None,
 ) -> Tensor:
     if mode == "nearest":
         return torch.ops.aten.upsample_nearest2d.vec(input, size, scale_factor)
