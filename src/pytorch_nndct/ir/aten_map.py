@@ -305,33 +305,28 @@ def _mean(call: Call) -> Spec | None:
 
 
 # --------------------------------------------------------------------------- pooling, resampling
-@converts("aten.max_pool2d.default", produces=Op.MAX_POOL2D)
-def _max_pool2d(call: Call) -> Spec:
-    a = call.args
+def _pool_window(a: dict[str, Any]) -> dict[str, Any]:
+    """kernel_size, stride (defaults to the kernel) and padding of a 2-D pooling call."""
     k = _as_list(a["kernel_size"], 2)
-    attrs = {
+    return {
         "kernel_size": k,
         "stride": _as_list(a["stride"], 2) if a["stride"] else k,
         "padding": _as_list(a["padding"], 2),
-        "dilation": _as_list(a["dilation"], 2),
-        "ceil_mode": a["ceil_mode"],
     }
+
+
+@converts("aten.max_pool2d.default", produces=Op.MAX_POOL2D)
+def _max_pool2d(call: Call) -> Spec:
+    a = call.args
+    attrs = {**_pool_window(a), "dilation": _as_list(a["dilation"], 2), "ceil_mode": a["ceil_mode"]}
     return Spec(Op.MAX_POOL2D, [a["self"]], attrs)
 
 
 @converts("aten.avg_pool2d.default", produces=Op.AVG_POOL2D)
 def _avg_pool2d(call: Call) -> Spec:
     a = call.args
-    k = _as_list(a["kernel_size"], 2)
-    attrs = {
-        "kernel_size": k,
-        "stride": _as_list(a["stride"], 2) if a["stride"] else k,
-        "padding": _as_list(a["padding"], 2),
-        "ceil_mode": a["ceil_mode"],
-        "count_include_pad": a["count_include_pad"],
-        "divisor_override": a["divisor_override"],
-    }
-    return Spec(Op.AVG_POOL2D, [a["self"]], attrs)
+    keys = ("ceil_mode", "count_include_pad", "divisor_override")
+    return Spec(Op.AVG_POOL2D, [a["self"]], {**_pool_window(a), **{k: a[k] for k in keys}})
 
 
 @converts("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default", produces=Op.ADAPTIVE_AVG_POOL2D)

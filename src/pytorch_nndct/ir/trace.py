@@ -232,8 +232,6 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
         specs, _ = _templates(module, args)
         try:
             graph = _export(module, args, specs, name)
-        except CaptureError:
-            raise
         except Exception as exc:  # torch.export refused: fall back to a concrete trace
             export_error = exc
             reason = _short(exc)

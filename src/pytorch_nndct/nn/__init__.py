@@ -1,50 +1,19 @@
 """The small runtime that generated modules import (`import pytorch_nndct.nn as nndct_nn`)."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import modules
 from .functional import FUNCTIONS, resolve_aten
-from .modules import (
-    Aten,
-    BatchNorm,
-    ChannelScale,
-    Const,
-    Conv1d,
-    Conv2d,
-    Conv3d,
-    ConvTranspose1d,
-    ConvTranspose2d,
-    ConvTranspose3d,
-    GroupNorm,
-    Input,
-    LayerNorm,
-    Linear,
-    Module,
-)
+from .modules import *  # noqa: F403  (the module classes generated code builds)
 
 
-def call_function(qualname: str, *args, **kwargs):
+def call_function(qualname: str, *args: Any, **kwargs: Any) -> Any:
     """Call a scalar helper by its qualified name (`'math.ceil'`), for symbolic size arithmetic."""
-    import importlib
-
     module, _, name = qualname.rpartition(".")
     return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
 
-__all__ = [
-    "FUNCTIONS",
-    "Aten",
-    "BatchNorm",
-    "ChannelScale",
-    "Const",
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "GroupNorm",
-    "Input",
-    "LayerNorm",
-    "Linear",
-    "Module",
-    "call_function",
-    "resolve_aten",
-]
+__all__ = ["FUNCTIONS", "call_function", "resolve_aten", *modules.__all__]
