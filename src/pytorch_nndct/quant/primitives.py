@@ -1,0 +1,140 @@
+"""Pure, bit-exact fix-point numerics (SPEC 2, 2.1, 2.4). Everything else calls these.
+
+All functions work on whole tensors with torch ops, on the tensor's device. Scaling by 2^fp is exact in
+floating point, and the rounding modes are computed from `floor` and the exact fractional part, so the
+results do not depend on `x + 0.5` rounding in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .spec import QuantSpec, RoundMode, fp_cap
+
+__all__ = [
+    "ALL_ZERO_FIX_POS",
+    "DIFFS_SCOPE",
+    "avgpool_factor",
+    "diffs_errors",
+    "fake_quantize",
+    "fix_pos_diffs",
+    "fix_pos_maxmin",
+    "quantize",
+    "round_",
+]
+
+ALL_ZERO_FIX_POS = 18  # the fix position an all-zero tensor gets before capping
+DIFFS_SCOPE = 5  # candidates fp0 .. fp0 + 4
+_CHUNK = 1 << 22  # elements per batched candidate evaluation (bounds the temporary memory)
+
+
+def round_(x: torch.Tensor, mode: RoundMode) -> torch.Tensor:
+    """Round to integers (kept in x's float dtype) with the given tie rule."""
+    if mode is RoundMode.HALF_EVEN:
+        return torch.round(x)
+    if mode is RoundMode.FLOOR:
+        return torch.floor(x)
+    if mode is RoundMode.CEIL:
+        return torch.ceil(x)
+    if mode is RoundMode.HALF_AWAY:
+        a = x.abs()
+        fa = torch.floor(a)
+        return torch.copysign(fa + (a - fa >= 0.5).to(x.dtype), x)
+    if mode is RoundMode.HALF_UP:
+        return _half_up(x)
+    if mode is RoundMode.HALF_DOWN:
+        return -_half_up(-x)  # ceil(x - 0.5) == -floor(-x + 0.5)
+    raise ValueError(f"unknown round mode {mode!r}")
+
+
+def _half_up(x: torch.Tensor) -> torch.Tensor:
+    """floor(x + 0.5) without the float rounding of `x + 0.5` (0.49999997 + 0.5 rounds up to 1.0).
+
+    `x - floor(x)` is exact except for x in (-0.5, 0), where the true fraction is above 0.5 and the
+    rounded one is still >= 0.5, so the comparison is right everywhere.
+    """
+    f = torch.floor(x)
+    return f + (x - f >= 0.5).to(x.dtype)
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The integers q = clamp(round(x * 2^fp), qmin, qmax), in x's dtype."""
+    if spec.fix_pos is None:
+        raise ValueError("cannot quantize with a spec that has no fix position (not calibrated)")
+    q = round_(x * math.ldexp(1.0, spec.fix_pos), spec.round_mode)
+    return q.clamp_(spec.qmin, spec.qmax)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """x rounded onto the fix-point grid: quantize(x) * 2^-fp."""
+    return quantize(x, spec).mul_(math.ldexp(1.0, -spec.fix_pos))
+
+
+def _fp0(x: torch.Tensor, bitwidth: int) -> int | None:
+    """Largest fp with no clipping beyond half an LSB; None for an all-zero tensor."""
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = lo.item(), hi.item()
+    step = max(lo / (-(2 ** (bitwidth - 1)) - 0.5), hi / (2 ** (bitwidth - 1) - 0.5))
+    if step <= 0.0:
+        return None
+    return math.floor(math.log2(1.0 / step))
+
+
+def fix_pos_maxmin(x: torch.Tensor, bitwidth: int) -> int:
+    """The "maxmin" method: fp0 only (also used for network inputs)."""
+    fp0 = _fp0(x, bitwidth)
+    cap = fp_cap(bitwidth)
+    return min(ALL_ZERO_FIX_POS if fp0 is None else fp0, cap)
+
+
+def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> torch.Tensor:
+    """Sum of squared quantization errors for each candidate fp, evaluated batched (float64 sums)."""
+    flat = x.detach().reshape(-1)
+    scales = torch.tensor([math.ldexp(1.0, fp) for fp in candidates], dtype=x.dtype, device=x.device)
+    total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start : start + _CHUNK].unsqueeze(0)
+        q = round_(part * scales[:, None], spec.round_mode).clamp_(spec.qmin, spec.qmax)
+        err = part - q / scales[:, None]
+        total += (err * err).sum(dim=1, dtype=torch.float64)
+    return total
+
+
+def fix_pos_diffs(x: torch.Tensor, spec: QuantSpec, scope: int = DIFFS_SCOPE) -> int:
+    """The "diffs" method (SPEC 2.1): of fp0 .. fp0+scope-1, the fp with the smallest squared error.
+
+    Ties go to the smaller fp. An all-zero tensor gets ALL_ZERO_FIX_POS; the result is capped at 12 for
+    bit widths <= 8 and at 15 otherwise.
+    """
+    fp0 = _fp0(x, spec.bitwidth)
+    cap = fp_cap(spec.bitwidth)
+    if fp0 is None:
+        return min(ALL_ZERO_FIX_POS, cap)
+    if scope <= 1:
+        return min(fp0, cap)
+    candidates = list(range(fp0, fp0 + scope))
+    errors = diffs_errors(x, spec, candidates)
+    best = candidates[int(torch.argmin(errors).item())]
+    return min(best, cap)
+
+
+# DPU average pooling: multiply the window sum by M / 2^S instead of dividing by k (SPEC 2.4).
+_AVGPOOL_KNOWN = {9: (7, 6), 25: (10, 8), 36: (7, 8), 49: (21, 10), 196: (21, 12)}
+
+
+def avgpool_factor(kernel_area: int) -> tuple[int, int]:
+    """(M, S) such that the DPU computes an average over `kernel_area` values as sum * M / 2^S."""
+    if kernel_area <= 0:
+        raise ValueError(f"kernel area must be positive, got {kernel_area}")
+    if kernel_area in _AVGPOOL_KNOWN:
+        return _AVGPOOL_KNOWN[kernel_area]
+    best: tuple[float, int, int] | None = None
+    for s in range(math.ceil(math.log2(kernel_area * 128))):
+        m = round(2**s / kernel_area)
+        err = abs(m / 2**s - 1 / kernel_area)
+        if best is None or err < best[0]:
+            best = (err, m, s)
+    assert best is not None
+    return best[1], best[2]
