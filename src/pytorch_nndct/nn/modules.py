@@ -25,17 +25,35 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "Module",
+    "QuantHooks",
 ]
 
 
-class Input(torch.nn.Module):
+class QuantHooks:
+    """Hooks a quantizer may set on any generated submodule (pytorch_nndct.quant.runtime.attach).
+
+    `nndct_out(value)` is applied to the submodule's output, `nndct_param(name, tensor)` to each parameter
+    it uses. Unset, the submodule computes in float.
+    """
+
+    nndct_out: Any = None
+    nndct_param: Any = None
+
+    def _out(self, value: Any) -> Any:
+        return value if self.nndct_out is None else self.nndct_out(value)
+
+    def _p(self, name: str, tensor: Any) -> Any:
+        return tensor if self.nndct_param is None else self.nndct_param(name, tensor)
+
+
+class Input(QuantHooks, torch.nn.Module):
     """A network input."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return input
+        return self._out(input)
 
 
-class Const(torch.nn.Module):
+class Const(QuantHooks, torch.nn.Module):
     """A tensor the model holds outside conv/linear/norm layers (a class token, a position table)."""
 
     def __init__(self, shape: list[int], dtype: str = "float32") -> None:
@@ -43,46 +61,65 @@ class Const(torch.nn.Module):
         self.register_buffer("value", torch.zeros(shape, dtype=getattr(torch, dtype)))
 
     def forward(self) -> torch.Tensor:
-        return self.value
+        return self._out(self._p("value", self.value))
 
 
-class Conv1d(torch.nn.Conv1d):
+class _ConvHooks(QuantHooks):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._out(self._conv_forward(input, self._p("weight", self.weight), self._p("bias", self.bias)))
+
+
+class Conv1d(_ConvHooks, torch.nn.Conv1d):
     pass
 
 
-class Conv2d(torch.nn.Conv2d):
+class Conv2d(_ConvHooks, torch.nn.Conv2d):
     pass
 
 
-class Conv3d(torch.nn.Conv3d):
+class Conv3d(_ConvHooks, torch.nn.Conv3d):
     pass
 
 
-class ConvTranspose1d(torch.nn.ConvTranspose1d):
-    pass
+class _ConvTransposeHooks(QuantHooks):
+    _functional: Any = None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        w, b = self._p("weight", self.weight), self._p("bias", self.bias)
+        out = type(self)._functional(
+            input, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+        return self._out(out)
 
 
-class ConvTranspose2d(torch.nn.ConvTranspose2d):
-    pass
+class ConvTranspose1d(_ConvTransposeHooks, torch.nn.ConvTranspose1d):
+    _functional = staticmethod(F.conv_transpose1d)
 
 
-class ConvTranspose3d(torch.nn.ConvTranspose3d):
-    pass
+class ConvTranspose2d(_ConvTransposeHooks, torch.nn.ConvTranspose2d):
+    _functional = staticmethod(F.conv_transpose2d)
 
 
-class Linear(torch.nn.Linear):
-    pass
+class ConvTranspose3d(_ConvTransposeHooks, torch.nn.ConvTranspose3d):
+    _functional = staticmethod(F.conv_transpose3d)
 
 
-class LayerNorm(torch.nn.LayerNorm):
-    pass
+class Linear(QuantHooks, torch.nn.Linear):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._out(F.linear(input, self._p("weight", self.weight), self._p("bias", self.bias)))
 
 
-class GroupNorm(torch.nn.GroupNorm):
-    pass
+class LayerNorm(QuantHooks, torch.nn.LayerNorm):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._out(super().forward(input))
 
 
-class BatchNorm(torch.nn.Module):
+class GroupNorm(QuantHooks, torch.nn.GroupNorm):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._out(super().forward(input))
+
+
+class BatchNorm(QuantHooks, torch.nn.Module):
     """Inference-only batch-norm over dimension 1 (any rank), as left when passes are not run."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -97,10 +134,11 @@ class BatchNorm(torch.nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        w, b = self._p("weight", self.weight), self._p("bias", self.bias)
+        return self._out(F.batch_norm(input, self.running_mean, self.running_var, w, b, False, 0.0, self.eps))
 
 
-class ChannelScale(torch.nn.Module):
+class ChannelScale(QuantHooks, torch.nn.Module):
     """`x * weight + bias` per channel along `dim`: a batch-norm that could not be folded."""
 
     def __init__(self, num_features: int, dim: int = 1) -> None:
@@ -112,10 +150,11 @@ class ChannelScale(torch.nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         shape = [1] * input.dim()
         shape[self.dim] = -1
-        return input * self.weight.view(shape) + self.bias.view(shape)
+        w, b = self._p("weight", self.weight), self._p("bias", self.bias)
+        return self._out(input * w.view(shape) + b.view(shape))
 
 
-class Module(torch.nn.Module):
+class Module(QuantHooks, torch.nn.Module):
     """A parameter-free op, called by name: `Module('relu')(x)`."""
 
     def __init__(self, op: str) -> None:
@@ -126,13 +165,13 @@ class Module(torch.nn.Module):
         self._fn = FUNCTIONS[op]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn(*args, **kwargs)
+        return self._out(self._fn(*args, **kwargs))
 
     def extra_repr(self) -> str:
         return repr(self.op)
 
 
-class Aten(torch.nn.Module):
+class Aten(QuantHooks, torch.nn.Module):
     """An op with no quantized equivalent: runs the original ATen operator in float."""
 
     def __init__(self, target: str) -> None:
@@ -141,7 +180,7 @@ class Aten(torch.nn.Module):
         self._fn = resolve_aten(target)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn(*args, **kwargs)
+        return self._out(self._fn(*args, **kwargs))
 
     def extra_repr(self) -> str:
         return repr(self.target)

@@ -1,0 +1,188 @@
+"""The seed's API (vai_q_pytorch): `torch_quantizer`, a thin facade over trace / optimize / codegen / quant.
+
+    quantizer = torch_quantizer("calib", model, (x,))      # or "test", or "float"
+    quant_model = quantizer.quant_model                     # run your own loop on it
+    quantizer.export_quant_config()                         # calib: writes quant_info.json
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .codegen import load_module, prepare_output_dir, write_module
+from .errors import InputError, NndctError
+from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
+from .ir.trace import trace
+from .passes import optimize
+from .quant.plan import QuantPlan, graph_md5, make_plan
+from .quant.rules import apply_constraints
+from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach
+from .quant.table import QuantTable
+
+__all__ = ["torch_quantizer"]
+
+log = logging.getLogger("pytorch_nndct")
+
+_MODES = {"calib": Mode.CALIB, 1: Mode.CALIB, "test": Mode.TEST, 2: Mode.TEST, "float": Mode.FLOAT, 0: Mode.FLOAT}
+
+
+def _parse_mode(quant_mode: Any) -> Mode:
+    key = quant_mode.lower() if isinstance(quant_mode, str) else quant_mode
+    if isinstance(key, bool) or key not in _MODES:
+        raise InputError(
+            f"unknown quant_mode {quant_mode!r}. Fix: use 'calib' (or 1) to calibrate, 'test' (or 2) to evaluate "
+            "the quantized model, or 'float' (or 0) to run the float graph."
+        )
+    return _MODES[key]
+
+
+def _load_state_dict(module: torch.nn.Module, state_dict_file: str | os.PathLike) -> None:
+    path = Path(state_dict_file)
+    if not path.is_file():
+        raise InputError(f"state_dict_file {str(path)!r} does not exist. Fix: pass the path of the float model's .pth.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"state_dict_file {str(path)!r} cannot be read as a state dict ({type(exc).__name__}: {exc}). Fix: save it "
+            "with torch.save(model.state_dict(), path)."
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"state_dict_file {str(path)!r} holds a {type(state).__name__}, not a state dict.")
+    result = module.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} key(s) such as {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected key(s) such as {result.unexpected_keys[:3]}")
+    if problems:
+        raise InputError(
+            f"state_dict_file {str(path)!r} does not fit {type(module).__name__}: " + "; ".join(problems) + ". Fix: "
+            "pass the weights saved from this model class (a 'module.' prefix from DataParallel must be removed)."
+        )
+
+
+class torch_quantizer:  # noqa: N801  (the seed's name)
+    """Build the quantized version of `module` (see the seed README for the workflow)."""
+
+    def __init__(
+        self,
+        quant_mode: str | int,
+        module: torch.nn.Module,
+        input_args: Any = None,
+        state_dict_file: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike = "quantize_result",
+        bitwidth: int | None = None,
+        device: torch.device | str | None = None,
+        quant_config_file: str | os.PathLike | None = None,
+        *,
+        bitwidth_w: int | None = None,
+        bitwidth_a: int | None = None,
+    ) -> None:
+        self.mode = _parse_mode(quant_mode)
+        if not isinstance(module, torch.nn.Module):
+            raise InputError(
+                f"torch_quantizer needs the float model as a torch.nn.Module, got {type(module).__name__}."
+            )
+        if input_args is None:
+            raise InputError(
+                "input_args is required: an example input (tensor or tuple) with the real shapes, e.g. "
+                "torch.randn(1, 3, 224, 224)."
+            )
+        if quant_config_file is not None:
+            raise InputError("quant_config_file is not supported yet; leave it out to use the default DPU config.")
+        self.bitwidth_w = bitwidth_w or bitwidth or 8
+        self.bitwidth_a = bitwidth_a or bitwidth or 8
+        for name, bw in (("bitwidth_w", self.bitwidth_w), ("bitwidth_a", self.bitwidth_a)):
+            if not isinstance(bw, int) or not 2 <= bw <= 16:
+                raise InputError(f"{name} must be an integer from 2 to 16, got {bw!r}.")
+        if state_dict_file is not None:
+            _load_state_dict(module, state_dict_file)
+        self.output_dir = prepare_output_dir(output_dir)
+        self.device = torch.device(device) if device is not None else None
+
+        self.graph = optimize(trace(module, input_args))
+        self.graph_md5 = graph_md5(self.graph)
+        self.plan: QuantPlan = make_plan(self.graph, self.bitwidth_w, self.bitwidth_a)
+        self._model = load_module(write_module(self.graph, self.output_dir))
+        self.state = QuantState(Mode.CALIB if self.mode is Mode.CALIB else self.mode)
+        self.points = attach(self._model, self.graph, self.plan, self.state)
+        if self.device is not None:
+            self._model.to(self.device)
+        if self.mode is Mode.TEST:
+            self._load_config()
+        n_param = len(self.plan.params)
+        log.info(
+            "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
+            "generated module in %s",
+            self.graph.name, self.mode.name.lower(), n_param, len(self.plan.outputs), len(self.plan.float_ops),
+            self.output_dir,
+        )
+
+    # ------------------------------------------------------------------ the seed's interface
+    @property
+    def quant_model(self) -> torch.nn.Module:
+        """The generated module with quantization attached; use it in your own loop."""
+        return self._model
+
+    def export_quant_config(self) -> Path:
+        """Calibration: write quant_info.json from what the forward passes saw. Test mode: keeps the file."""
+        path = self.output_dir / QUANT_INFO
+        if self.mode is not Mode.CALIB:
+            log.info("pytorch_nndct: %s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
+            return path
+        table = self._table_from_points()
+        apply_constraints(self.graph, self.plan, table)
+        written = write_quant_info(table, self.output_dir)
+        log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
+        return written
+
+    # ------------------------------------------------------------------ internals
+    def _expected_table(self) -> QuantTable:
+        table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
+        for p in self.plan.params:
+            table.params[p.key] = p.spec
+        table.outputs.update(self.plan.outputs)
+        return table
+
+    def _table_from_points(self) -> QuantTable:
+        table = self._expected_table()
+        missing_params = []
+        for p in self.plan.params:
+            pq: ParamQuant = self.points[p.key]
+            fp = pq.specs[p.role].fix_pos
+            if fp is None:
+                missing_params.append(p.key)
+            table.params[p.key] = p.spec.with_fix_pos(fp)
+        seen = 0
+        for key, spec in self.plan.outputs.items():
+            point: ActPoint | None = self.points.get(key)
+            fp = point.observer.value if point is not None else None
+            seen += fp is not None
+            table.outputs[key] = spec.with_fix_pos(fp)
+        if self.plan.outputs and seen == 0 or missing_params and len(missing_params) == len(self.plan.params):
+            raise NndctError(
+                "export_quant_config() was called before any calibration forward pass. Fix: run "
+                "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
+            )
+        unseen = [k for k, s in table.outputs.items() if s.fix_pos is None]
+        if unseen:
+            log.warning("pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5])
+        return table
+
+    def _load_config(self) -> None:
+        loaded, doc = read_quant_info(self.output_dir, self.graph.name)
+        check_table(loaded, self._expected_table(), doc, str(self.output_dir / QUANT_INFO))
+        for p in self.plan.params:
+            pq: ParamQuant = self.points[p.key]
+            pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)
+        for key, point in self.points.items():
+            if isinstance(point, ActPoint):
+                point.fix_pos = loaded.outputs[key].fix_pos

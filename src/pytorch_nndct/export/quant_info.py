@@ -1,0 +1,127 @@
+"""quant_info.json: fix positions of a calibrated model (SPEC 3.1), written atomically, read with checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..codegen import prepare_output_dir, write_atomic
+from ..errors import NndctError
+from ..quant.spec import QuantSpec
+from ..quant.table import QuantTable
+
+__all__ = ["QUANT_INFO", "QuantInfoError", "check_table", "read_quant_info", "write_quant_info"]
+
+QUANT_INFO = "quant_info.json"
+_ALSO_ACCEPTED = "Quant_info.json"  # the name the original tool wrote
+
+
+class QuantInfoError(NndctError):
+    """quant_info.json is missing, corrupted, or belongs to another model."""
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"{__version__}+torch{torch.__version__}"
+
+
+def write_quant_info(table: QuantTable, output_dir: str | os.PathLike) -> Path:
+    """Write `<output_dir>/quant_info.json` for `table`; returns its path."""
+    m = table.model
+    doc = {
+        "param": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.params.items()},
+        "output": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.outputs.items()},
+        "input": {},
+        "fast_finetuned": table.fast_finetuned,
+        "bias_corrected": table.bias_corrected,
+        "version": _version(),
+        "graph_md5": table.graph_md5,
+    }
+    path = prepare_output_dir(output_dir) / QUANT_INFO
+    write_atomic({path: (json.dumps(doc, indent=2) + "\n").encode()})
+    return path
+
+
+def _entries(doc: dict, section: str, model: str, path: Path) -> dict[str, tuple[int, int | None]]:
+    raw = doc.get(section, {})
+    if not isinstance(raw, dict):
+        raise QuantInfoError(f"{path}: section {section!r} is not an object. Fix: recalibrate (quant_mode='calib').")
+    out = {}
+    for key, value in raw.items():
+        try:
+            (bw, fp) = value[0]
+            if not isinstance(bw, int) or not (fp is None or isinstance(fp, int)):
+                raise TypeError
+        except (TypeError, ValueError, IndexError):
+            raise QuantInfoError(
+                f"{path}: entry {key!r} is {value!r}, not [[bit_width, fix_pos]]. Fix: recalibrate "
+                "(quant_mode='calib') to rewrite the file."
+            ) from None
+        out[key.split("::", 1)[1] if "::" in key else key] = (bw, fp)
+    return out
+
+
+def read_quant_info(output_dir: str | os.PathLike, model: str) -> tuple[QuantTable, dict[str, Any]]:
+    """Read quant_info.json (or Quant_info.json) from `output_dir`; returns the table and the raw document.
+
+    Specs in the table carry only bit width and fix position; callers merge them into their plan.
+    """
+    folder = Path(output_dir)
+    path = folder / QUANT_INFO
+    if not path.exists() and (folder / _ALSO_ACCEPTED).exists():
+        path = folder / _ALSO_ACCEPTED
+    if not path.exists():
+        raise QuantInfoError(
+            f"{folder / QUANT_INFO} does not exist. Fix: run calibration first (quant_mode='calib', a few "
+            "forward passes, then export_quant_config()) with the same output_dir."
+        )
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError("the top level is not an object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QuantInfoError(
+            f"{path} is not valid JSON ({exc}); the file is corrupted. Fix: recalibrate (quant_mode='calib')."
+        ) from exc
+    table = QuantTable(model=model, graph_md5=str(doc.get("graph_md5", "")))
+    table.fast_finetuned = bool(doc.get("fast_finetuned", False))
+    table.bias_corrected = bool(doc.get("bias_corrected", False))
+    for key, (bw, fp) in _entries(doc, "param", model, path).items():
+        table.params[key] = QuantSpec(bw, True, fix_pos=fp)
+    for key, (bw, fp) in _entries(doc, "output", model, path).items():
+        table.outputs[key] = QuantSpec(bw, True, fix_pos=fp)
+    return table, doc
+
+
+def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], path: str) -> None:
+    """Raise QuantInfoError naming the differences if `loaded` does not belong to the expected model."""
+    problems = []
+    for section, got, want in (
+        ("param", set(loaded.params), set(expected.params)),
+        ("output", set(loaded.outputs), set(expected.outputs)),
+    ):
+        missing, extra = sorted(want - got), sorted(got - want)
+        if missing:
+            problems.append(f"{len(missing)} {section} key(s) of this model are missing: {_few(missing)}")
+        if extra:
+            problems.append(f"{len(extra)} {section} key(s) are not in this model: {_few(extra)}")
+    models = {k.split("::", 1)[0] for s in ("param", "output") for k in doc.get(s, {}) if "::" in k}
+    if models and models != {expected.model}:
+        problems.append(f"it was written for model {', '.join(sorted(models))}, not {expected.model}")
+    if loaded.graph_md5 and expected.graph_md5 and loaded.graph_md5 != expected.graph_md5 and not problems:
+        problems.append("the graph's structure (md5) differs although the names match")
+    if problems:
+        raise QuantInfoError(
+            f"{path} does not match this model: " + "; ".join(problems) + ". This happens when the model, its "
+            "input shapes or the torch version changed between calibration and test. Fix: recalibrate with "
+            "quant_mode='calib' on the same model and inputs you test with."
+        )
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

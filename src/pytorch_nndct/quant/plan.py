@@ -1,0 +1,210 @@
+"""The quant plan (SPEC 2.2): which tensors get a quantization point, and which share one.
+
+- Every weight and bias of conv / linear / channel-scale / batch-norm, and every constant tensor, gets a
+  parameter point.
+- Network inputs get an input point.
+- A quantized op starts a group; an activation- or layout-like op joins the group when it is the only
+  reader of the group's end, and the point sits at the group's end (conv -> relu: one point, after relu).
+- A group whose only reader is a concat gets no point of its own: it uses the concat's.
+- Float ops (sigmoid, softmax, layer-norm, unknown ATen ops) are not quantized; their output gets a point
+  where it feeds a quantized op.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+from ..ir.graph import Graph, Node, TensorMeta
+from ..ir.ops import CONV_OPS, Op
+from .spec import QuantSpec, RoundMode, TensorKind
+
+__all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "make_plan"]
+
+
+class Role(enum.Enum):
+    QUANTIZED = "quantized"  # runs on the DPU; its output gets its own point (at the end of its group)
+    FUSIBLE = "fusible"  # activation-like: joins its producer's group
+    LAYOUT = "layout"  # moves values only: joins its producer's group, or keeps its input's point
+    FLOAT = "float"  # runs in float; quantized only where it feeds a quantized op
+    STRUCTURE = "structure"  # not a tensor op (sizes, tuple access)
+
+
+_Q, _F, _L, _FL, _S = Role.QUANTIZED, Role.FUSIBLE, Role.LAYOUT, Role.FLOAT, Role.STRUCTURE
+QUANT_ROLE: dict[Op, Role] = {
+    Op.INPUT: _Q,
+    Op.CONST: _Q,
+    Op.GETITEM: _S,
+    Op.SIZE: _S,
+    Op.SCALAR: _S,
+    **{op: _Q for op in CONV_OPS},
+    Op.LINEAR: _Q,
+    Op.BATCH_NORM: _Q,
+    Op.CHANNEL_SCALE: _Q,
+    Op.LAYER_NORM: _FL,
+    Op.GROUP_NORM: _FL,
+    Op.RELU: _F,
+    Op.RELU6: _F,
+    Op.HARDTANH: _F,
+    Op.LEAKY_RELU: _F,
+    Op.SIGMOID: _FL,
+    Op.TANH: _FL,
+    Op.SILU: _FL,
+    Op.GELU: _FL,
+    Op.HARDSIGMOID: _Q,
+    Op.HARDSWISH: _Q,
+    Op.SOFTMAX: _FL,
+    Op.ADD: _Q,
+    Op.SUB: _Q,
+    Op.MUL: _Q,
+    Op.DIV: _FL,
+    Op.MATMUL: _Q,
+    Op.MEAN: _Q,
+    Op.MAX_POOL2D: _Q,
+    Op.AVG_POOL2D: _Q,
+    Op.ADAPTIVE_AVG_POOL2D: _Q,
+    Op.INTERPOLATE: _Q,
+    Op.PAD: _Q,
+    Op.CAT: _Q,
+    Op.FLATTEN: _L,
+    Op.RESHAPE: _L,
+    Op.PERMUTE: _L,
+    Op.TRANSPOSE: _L,
+    Op.CONTIGUOUS: _L,
+    Op.UNSQUEEZE: _L,
+    Op.SQUEEZE: _L,
+    Op.SLICE: _L,
+    Op.SELECT: _L,
+    Op.CHUNK: _L,
+    Op.SPLIT: _L,
+    Op.EXPAND: _L,
+    Op.PIXEL_SHUFFLE: _L,
+    Op.DROPOUT: _L,
+    Op.IDENTITY: _L,
+    Op.ATEN: _FL,
+}
+
+# parameter roles that are quantized, and as what
+_PARAM_KINDS = {"weight": TensorKind.WEIGHT, "bias": TensorKind.BIAS, "value": TensorKind.WEIGHT}
+_PARAM_OPS = frozenset({*CONV_OPS, Op.LINEAR, Op.CHANNEL_SCALE, Op.CONST})
+
+
+@dataclass(frozen=True)
+class ParamPoint:
+    node: str
+    role: str
+    key: str  # the parameter's state-dict name
+    spec: QuantSpec
+
+
+@dataclass
+class QuantPlan:
+    """Where the quantization points are, keyed by stable names (SPEC 3.1)."""
+
+    params: list[ParamPoint] = field(default_factory=list)
+    outputs: dict[str, QuantSpec] = field(default_factory=dict)  # node name -> spec of the point on its output
+    tensor_point: dict[str, str] = field(default_factory=dict)  # node name -> key whose fp its output uses
+    input_points: set[str] = field(default_factory=set)  # output keys that are network inputs (maxmin)
+    float_ops: dict[str, str] = field(default_factory=dict)  # node name -> why it runs in float
+
+
+def _is_float_tensor(node: Node) -> bool:
+    return isinstance(node.meta, TensorMeta) and node.meta.dtype in ("float32", "float16", "bfloat16", "float64")
+
+
+def _is_output(graph: Graph, node: Node) -> bool:
+    return any(n is node for n in graph.output_nodes)
+
+
+def make_plan(graph: Graph, bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantPlan:
+    """Plan the quantization points of an optimized graph."""
+    plan = QuantPlan()
+    act = QuantSpec(bitwidth_a, True, RoundMode.HALF_UP)
+    inp = QuantSpec(bitwidth_a, True, RoundMode.HALF_UP)
+    specs = {
+        TensorKind.WEIGHT: QuantSpec(bitwidth_w, True, RoundMode.HALF_AWAY),
+        TensorKind.BIAS: QuantSpec(bitwidth_a, True, RoundMode.HALF_AWAY),
+    }
+    for node in graph.nodes:
+        if node.op in _PARAM_OPS:
+            for role, key in node.params.items():
+                kind = _PARAM_KINDS.get(role)
+                if kind is not None and graph.params[key].is_floating_point():
+                    plan.params.append(ParamPoint(node.name, role, key, specs[kind]))
+
+    def group_end(node: Node) -> Node:
+        end = node
+        while len(end.users) == 1 and not _is_output(graph, end):
+            nxt = end.users[0]
+            if QUANT_ROLE[nxt.op] not in (Role.FUSIBLE, Role.LAYOUT) or nxt.inputs[0] is not end:
+                break
+            end = nxt
+        return end
+
+    grouped: dict[str, str] = {}  # node name -> its group's end node name
+    for node in graph.nodes:
+        role = QUANT_ROLE[node.op]
+        if node.name in grouped:
+            continue
+        if role is Role.QUANTIZED and _is_float_tensor(node):
+            end = group_end(node)
+            members = [node]
+            while members[-1] is not end:
+                members.append(members[-1].users[0])
+            for m in members:
+                grouped[m.name] = end.name
+            if node.op is Op.CONST:
+                plan.tensor_point.update({m.name: node.params["value"] for m in members})
+                continue
+            plan.outputs[end.name] = inp if node.op is Op.INPUT else act
+            if node.op is Op.INPUT:
+                plan.input_points.add(end.name)
+            plan.tensor_point.update({m.name: end.name for m in members})
+        elif role in (Role.LAYOUT, Role.STRUCTURE) and node.inputs and node.inputs[0].name in plan.tensor_point:
+            plan.tensor_point[node.name] = plan.tensor_point[node.inputs[0].name]  # same values, same grid
+        elif role is Role.FUSIBLE and _is_float_tensor(node) and node.inputs[0].name in plan.tensor_point:
+            plan.outputs[node.name] = act  # an activation whose producer has other readers
+            plan.tensor_point[node.name] = node.name
+        elif role in (Role.FLOAT, Role.FUSIBLE) or (role is Role.QUANTIZED and not _is_float_tensor(node)):
+            plan.float_ops[node.name] = _float_reason(node)
+
+    # a group whose only reader is a concat uses the concat's point
+    for cat in graph.find(Op.CAT):
+        for src in cat.inputs:
+            end = src.name
+            if end in plan.outputs and len(src.users) == 1 and end not in plan.input_points:
+                if not _is_output(graph, src):
+                    del plan.outputs[end]
+                    shared = plan.tensor_point[cat.name]
+                    for name, key in list(plan.tensor_point.items()):
+                        if key == end:
+                            plan.tensor_point[name] = shared
+
+    # float outputs get a point where they feed a quantized op
+    for node in graph.nodes:
+        if QUANT_ROLE[node.op] is not Role.QUANTIZED or node.op in (Op.INPUT, Op.CONST):
+            continue
+        for src in node.inputs:
+            if src.name not in plan.tensor_point and _is_float_tensor(src) and QUANT_ROLE[src.op] is not Role.STRUCTURE:
+                plan.outputs[src.name] = act
+                plan.tensor_point[src.name] = src.name
+    return plan
+
+
+def _float_reason(node: Node) -> str:
+    if node.op is Op.ATEN:
+        return f"{node.attrs['target']} has no quantized equivalent"
+    if not _is_float_tensor(node):
+        return "its output is not a float tensor"
+    return f"{node.op.value} is computed in float on the DPU's host"
+
+
+def graph_md5(graph: Graph) -> str:
+    """md5 of the graph's topology (names, ops, edges, parameter names); values do not enter it."""
+    h = hashlib.md5()
+    for node in graph.nodes:
+        inputs = ",".join(i.name for i in node.inputs)
+        params = ",".join(f"{k}={v}" for k, v in sorted(node.params.items()))
+        h.update(f"{node.name}:{node.op.value}({inputs};{params})\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,90 @@
+"""Export-time constraints between fix positions (SPEC 2.3), applied to a QuantTable."""
+
+from __future__ import annotations
+
+import logging
+
+from ..ir.graph import Graph, Node
+from ..ir.ops import CONV_OPS, Op
+from .plan import QuantPlan
+from .table import QuantTable
+
+__all__ = ["apply_constraints"]
+
+log = logging.getLogger("pytorch_nndct")
+
+_CONV_LIKE = frozenset({*CONV_OPS, Op.LINEAR})
+_SAME_AS_INPUT = frozenset({Op.PAD, Op.SLICE})
+
+
+def _key_of(plan: QuantPlan, node: Node) -> str | None:
+    return plan.tensor_point.get(node.name)
+
+
+class _Adjuster:
+    def __init__(self, table: QuantTable) -> None:
+        self.table = table
+        self.changes: list[str] = []
+
+    def get(self, key: str | None) -> int | None:
+        return None if key is None else self.table.fix_pos(key)
+
+    def set(self, key: str, value: int, why: str) -> None:
+        old = self.table.fix_pos(key)
+        if old != value:
+            self.table.set_fix_pos(key, value)
+            self.changes.append(f"{key}: fix_pos {old} -> {value} ({why})")
+
+
+def _conv_like(adj: _Adjuster, plan: QuantPlan, node: Node) -> None:
+    fp_i = adj.get(_key_of(plan, node.inputs[0]))
+    w_key, b_key = node.params.get("weight"), node.params.get("bias")
+    o_key = _key_of(plan, node)
+    fp_w, fp_o = adj.get(w_key), adj.get(o_key)
+    if None in (fp_i, fp_w, fp_o):
+        return
+    shift_cut = fp_w + fp_i - fp_o
+    if shift_cut < 0:
+        fp_o = fp_w + fp_i
+        adj.set(o_key, fp_o, f"shift_cut of {node.name} < 0")
+    elif shift_cut > 16:
+        fp_w = fp_o - fp_i + 16
+        adj.set(w_key, fp_w, f"shift_cut of {node.name} > 16")
+    shift_cut = fp_w + fp_i - fp_o
+    fp_b = adj.get(b_key)
+    if fp_b is None:
+        return
+    lower = min(0, shift_cut - 16)
+    shift_bias = fp_w + fp_i - fp_b
+    if shift_bias < lower:
+        adj.set(b_key, fp_w + fp_i - lower, f"shift_bias of {node.name} < {lower}")
+    elif shift_bias > 16:
+        adj.set(w_key, fp_b - fp_i + 16, f"shift_bias of {node.name} > 16")
+
+
+def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable) -> list[str]:
+    """Adjust `table` in place so the DPU can run it; returns one line per change (also logged)."""
+    adj = _Adjuster(table)
+    for node in graph.nodes:
+        if node.op in _CONV_LIKE:
+            _conv_like(adj, plan, node)
+        elif node.op is Op.HARDSIGMOID:
+            i_key, o_key = _key_of(plan, node.inputs[0]), _key_of(plan, node)
+            if (fp := adj.get(o_key)) is not None and fp < 7:
+                adj.set(o_key, 7, f"hard-sigmoid {node.name} output fp >= 7")
+            if (fp := adj.get(i_key)) is not None and fp < 0:
+                adj.set(i_key, 0, f"hard-sigmoid {node.name} input fp >= 0")
+        elif node.op is Op.HARDSWISH:
+            i_key, o_key = _key_of(plan, node.inputs[0]), _key_of(plan, node)
+            if (fp_i := adj.get(i_key)) is not None and fp_i < 0:
+                adj.set(i_key, 0, f"hard-swish {node.name} input fp >= 0")
+                fp_i = 0
+            if fp_i is not None and (fp_o := adj.get(o_key)) is not None and fp_o > fp_i + 7:
+                adj.set(o_key, fp_i + 7, f"hard-swish {node.name} output fp <= input fp + 7")
+        elif node.op in _SAME_AS_INPUT or (node.op is Op.INTERPOLATE and node.attrs.get("mode") == "nearest"):
+            i_key, o_key = _key_of(plan, node.inputs[0]), _key_of(plan, node)
+            if i_key != o_key and (fp_i := adj.get(i_key)) is not None and adj.get(o_key) is not None:
+                adj.set(o_key, fp_i, f"{node.op.value} {node.name} keeps its input's fp")
+    for line in adj.changes:
+        log.info("pytorch_nndct: constraint: %s", line)
+    return adj.changes

@@ -1,0 +1,171 @@
+"""The quantization points attached to a generated module, and the mode they run in.
+
+A generated module's submodules call `self.nndct_out(value)` on their output and
+`self.nndct_param(name, tensor)` on their parameters when those hooks are set; `attach` sets them from a
+QuantPlan. The points share one `QuantState`, whose mode decides what they do:
+- FLOAT: nothing;
+- CALIB: find this batch's fix position, keep the mode over batches, and fake-quantize with the current
+  value so later layers see quantized inputs;
+- TEST: fake-quantize with the loaded (or calibrated) value.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..ir.graph import Graph
+from .dpu import DPU_FUNCTIONS
+from .observers import ModeObserver
+from .plan import QuantPlan
+from .primitives import fake_quantize, fix_pos_diffs, fix_pos_maxmin
+from .spec import QuantSpec
+
+__all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach"]
+
+log = logging.getLogger("pytorch_nndct")
+
+
+class Mode(enum.Enum):
+    FLOAT = 0
+    CALIB = 1
+    TEST = 2
+
+
+@dataclass
+class QuantState:
+    """Shared by all points of one quantized model."""
+
+    mode: Mode = Mode.FLOAT
+    warned: set[str] = field(default_factory=set)
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(message, *args)
+
+
+class ActPoint:
+    """The quantization point on one op's output (an activation or a network input)."""
+
+    def __init__(self, key: str, spec: QuantSpec, state: QuantState, scope: int) -> None:
+        self.key = key
+        self.spec = spec
+        self.state = state
+        self.scope = scope  # 5 = diffs, 1 = maxmin (network inputs)
+        self.observer = ModeObserver()
+        self.fix_pos: int | None = None  # loaded or exported value (test mode)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.state.mode
+        if mode is Mode.FLOAT or not x.is_floating_point():
+            return x
+        if mode is Mode.CALIB:
+            if not bool(torch.isfinite(x).all()):
+                self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
+                return x
+            if self.scope <= 1:
+                fp = fix_pos_maxmin(x, self.spec.bitwidth)
+            else:
+                fp = fix_pos_diffs(x, self.spec, self.scope)
+            self.observer.observe(fp)
+            current = self.observer.value
+        else:
+            current = self.fix_pos
+            if current is None:
+                return x
+        return fake_quantize(x, self.spec.with_fix_pos(current))
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return self._quantize(value)
+        if isinstance(value, list | tuple):
+            return type(value)(self._quantize(v) if isinstance(v, torch.Tensor) else v for v in value)
+        return value
+
+
+class ParamQuant:
+    """Fake-quantizes a module's parameters; calibrated once, cached while the tensor is unchanged."""
+
+    def __init__(self, state: QuantState) -> None:
+        self.state = state
+        self.specs: dict[str, QuantSpec] = {}  # attribute name -> spec (fix_pos set once calibrated)
+        self.keys: dict[str, str] = {}  # attribute name -> parameter state-dict name
+        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def add(self, attr: str, key: str, spec: QuantSpec) -> None:
+        self.specs[attr] = spec
+        self.keys[attr] = key
+
+    def __call__(self, attr: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
+            return tensor
+        spec = self.specs[attr]
+        if spec.fix_pos is None:
+            if self.state.mode is not Mode.CALIB:
+                return tensor
+            spec = spec.with_fix_pos(fix_pos_diffs(tensor, spec))
+            self.specs[attr] = spec
+        if torch.is_grad_enabled() and tensor.requires_grad:
+            return _ste(tensor, spec)  # never cached: each step needs its own autograd graph
+        stamp = (tensor.data_ptr(), tensor._version, tensor.device, spec.fix_pos)
+        cached = self._cache.get(attr)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        out = fake_quantize(tensor.detach(), spec)
+        self._cache[attr] = (stamp, out)
+        return out
+
+
+def _ste(tensor: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Fake-quantize with a straight-through gradient, so the quantized model can still be trained."""
+    return tensor + (fake_quantize(tensor.detach(), spec) - tensor.detach())
+
+
+def _dpu_wrapper(state: QuantState, float_fn: Callable, dpu_fn: Callable) -> Callable:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return float_fn(*args, **kwargs) if state.mode is Mode.FLOAT else dpu_fn(*args, **kwargs)
+
+    return run
+
+
+def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantState) -> dict[str, Any]:
+    """Set the quantization hooks of a generated module (module_k is graph.nodes[k]).
+
+    Returns the points by key: ActPoint for outputs (node names), ParamQuant for parameters (their names).
+    """
+    points: dict[str, Any] = {}
+    index = {node.name: k for k, node in enumerate(graph.nodes)}
+    for name, spec in plan.outputs.items():
+        sub = getattr(model, f"module_{index[name]}", None)
+        if sub is None:
+            log.warning("pytorch_nndct: %s has no module to quantize its output; it stays float", name)
+            continue
+        scope = 1 if name in plan.input_points else 5
+        sub.nndct_out = points[name] = ActPoint(name, spec, state, scope)
+    by_node: dict[str, ParamQuant] = {}
+    for p in plan.params:
+        sub = getattr(model, f"module_{index[p.node]}")
+        pq = by_node.get(p.node)
+        if pq is None:
+            pq = by_node[p.node] = ParamQuant(state)
+            sub.nndct_param = pq
+        pq.add(p.role, p.key, p.spec)
+        points[p.key] = pq
+    for k, node in enumerate(graph.nodes):
+        dpu = DPU_FUNCTIONS.get(node.op)
+        sub = getattr(model, f"module_{k}", None)
+        if dpu is not None and sub is not None and hasattr(sub, "_fn"):
+            sub._fn = _dpu_wrapper(state, sub._fn, dpu)
+            if node.op.value == "leaky_relu" and node.attrs.get("negative_slope") != 26 / 256:
+                log.warning(
+                    "pytorch_nndct: %s has LeakyReLU slope %s; the DPU uses 0.1015625 (26/256) when quantized",
+                    node.where(),
+                    node.attrs.get("negative_slope"),
+                )
+    return points
