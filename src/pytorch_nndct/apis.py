@@ -1,8 +1,8 @@
 """The seed's API (vai_q_pytorch): `torch_quantizer`, a thin facade over trace / optimize / codegen / quant.
 
-    quantizer = torch_quantizer("calib", model, (x,))      # or "test", or "float"
-    quant_model = quantizer.quant_model                     # run your own loop on it
-    quantizer.export_quant_config()                         # calib: writes quant_info.json
+quantizer = torch_quantizer("calib", model, (x,))      # or "test", or "float"
+quant_model = quantizer.quant_model                     # run your own loop on it
+quantizer.export_quant_config()                         # calib: writes quant_info.json
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _load_state_dict(module: torch.nn.Module, state_dict_file: str | os.PathLike
         )
 
 
-class torch_quantizer:  # noqa: N801  (the seed's name)
+class torch_quantizer:
     """Build the quantized version of `module` (see the seed README for the workflow)."""
 
     def __init__(
@@ -122,7 +122,11 @@ class torch_quantizer:  # noqa: N801  (the seed's name)
         log.info(
             "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
             "generated module in %s",
-            self.graph.name, self.mode.name.lower(), n_param, len(self.plan.outputs), len(self.plan.float_ops),
+            self.graph.name,
+            self.mode.name.lower(),
+            n_param,
+            len(self.plan.outputs),
+            len(self.plan.float_ops),
             self.output_dir,
         )
 
@@ -167,14 +171,16 @@ class torch_quantizer:  # noqa: N801  (the seed's name)
             fp = point.observer.value if point is not None else None
             seen += fp is not None
             table.outputs[key] = spec.with_fix_pos(fp)
-        if self.plan.outputs and seen == 0 or missing_params and len(missing_params) == len(self.plan.params):
+        if (self.plan.outputs and seen == 0) or (missing_params and len(missing_params) == len(self.plan.params)):
             raise NndctError(
                 "export_quant_config() was called before any calibration forward pass. Fix: run "
                 "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
             )
         unseen = [k for k, s in table.outputs.items() if s.fix_pos is None]
         if unseen:
-            log.warning("pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5])
+            log.warning(
+                "pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5]
+            )
         return table
 
     def _load_config(self) -> None:

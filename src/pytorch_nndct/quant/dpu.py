@@ -37,7 +37,9 @@ def _avg_pool2d(
 ) -> torch.Tensor:
     kh, kw = _as_pair(kernel_size)
     if divisor_override is not None or (not count_include_pad and any(_as_pair(padding))):
-        return FUNCTIONS["avg_pool2d"](input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return FUNCTIONS["avg_pool2d"](
+            input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        )
     m, s = avgpool_factor(kh * kw)
     window_sum = F.avg_pool2d(input, (kh, kw), stride, padding, ceil_mode, True, divisor_override=1)
     return window_sum * (m / 2**s)

@@ -8,6 +8,7 @@ results do not depend on `x + 0.5` rounding in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,7 @@ __all__ = [
     "fix_pos_maxmin",
     "quantize",
     "round_",
+    "value_range",
 ]
 
 ALL_ZERO_FIX_POS = 18  # the fix position an all-zero tensor gets before capping
@@ -72,51 +74,66 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return quantize(x, spec).mul_(math.ldexp(1.0, -spec.fix_pos))
 
 
-def _fp0(x: torch.Tensor, bitwidth: int) -> int | None:
+def value_range(x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) over all elements, as Python floats (one pass)."""
+    lo, hi = torch.aminmax(x.detach().reshape(-1))
+    return lo.item(), hi.item()
+
+
+def _fp0(lo: float, hi: float, bitwidth: int) -> int | None:
     """Largest fp with no clipping beyond half an LSB; None for an all-zero tensor."""
-    lo, hi = torch.aminmax(x.detach())
-    lo, hi = lo.item(), hi.item()
     step = max(lo / (-(2 ** (bitwidth - 1)) - 0.5), hi / (2 ** (bitwidth - 1) - 0.5))
     if step <= 0.0:
         return None
     return math.floor(math.log2(1.0 / step))
 
 
-def fix_pos_maxmin(x: torch.Tensor, bitwidth: int) -> int:
+def fix_pos_maxmin(x: torch.Tensor, bitwidth: int, value_range_: tuple[float, float] | None = None) -> int:
     """The "maxmin" method: fp0 only (also used for network inputs)."""
-    fp0 = _fp0(x, bitwidth)
-    cap = fp_cap(bitwidth)
-    return min(ALL_ZERO_FIX_POS if fp0 is None else fp0, cap)
+    fp0 = _fp0(*(value_range_ or value_range(x)), bitwidth)
+    return min(ALL_ZERO_FIX_POS if fp0 is None else fp0, fp_cap(bitwidth))
 
 
 def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> torch.Tensor:
-    """Sum of squared quantization errors for each candidate fp, evaluated batched (float64 sums)."""
+    """Sum of squared quantization errors for each candidate fp, evaluated batched.
+
+    The error of each element is computed in x's dtype, then squared and summed in float64.
+    """
     flat = x.detach().reshape(-1)
     scales = torch.tensor([math.ldexp(1.0, fp) for fp in candidates], dtype=x.dtype, device=x.device)
     total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
     for start in range(0, flat.numel(), _CHUNK):
         part = flat[start : start + _CHUNK].unsqueeze(0)
         q = round_(part * scales[:, None], spec.round_mode).clamp_(spec.qmin, spec.qmax)
-        err = part - q / scales[:, None]
-        total += (err * err).sum(dim=1, dtype=torch.float64)
+        err = (part - q / scales[:, None]).double()
+        total += (err * err).sum(dim=1)
     return total
 
 
-def fix_pos_diffs(x: torch.Tensor, spec: QuantSpec, scope: int = DIFFS_SCOPE) -> int:
+ErrorsFn = Callable[[torch.Tensor, QuantSpec, list[int]], torch.Tensor]
+
+
+def fix_pos_diffs(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    scope: int = DIFFS_SCOPE,
+    errors: ErrorsFn = diffs_errors,
+    value_range_: tuple[float, float] | None = None,
+) -> int:
     """The "diffs" method (SPEC 2.1): of fp0 .. fp0+scope-1, the fp with the smallest squared error.
 
     Ties go to the smaller fp. An all-zero tensor gets ALL_ZERO_FIX_POS; the result is capped at 12 for
-    bit widths <= 8 and at 15 otherwise.
+    bit widths <= 8 and at 15 otherwise. `errors` may be a fused implementation of `diffs_errors`.
     """
-    fp0 = _fp0(x, spec.bitwidth)
+    fp0 = _fp0(*(value_range_ or value_range(x)), spec.bitwidth)
     cap = fp_cap(spec.bitwidth)
     if fp0 is None:
         return min(ALL_ZERO_FIX_POS, cap)
     if scope <= 1:
         return min(fp0, cap)
     candidates = list(range(fp0, fp0 + scope))
-    errors = diffs_errors(x, spec, candidates)
-    best = candidates[int(torch.argmin(errors).item())]
+    errs = errors(x, spec, candidates)
+    best = candidates[int(torch.argmin(errs).item())]
     return min(best, cap)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,11 @@ from typing import Any
 import torch
 
 from ..ir.graph import Graph
+from . import kernels
 from .dpu import DPU_FUNCTIONS
 from .observers import ModeObserver
 from .plan import QuantPlan
-from .primitives import fake_quantize, fix_pos_diffs, fix_pos_maxmin
+from .primitives import fake_quantize, fix_pos_diffs, fix_pos_maxmin, value_range
 from .spec import QuantSpec
 
 __all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach"]
@@ -66,20 +68,21 @@ class ActPoint:
         if mode is Mode.FLOAT or not x.is_floating_point():
             return x
         if mode is Mode.CALIB:
-            if not bool(torch.isfinite(x).all()):
+            lo, hi = value_range(x)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
                 return x
             if self.scope <= 1:
-                fp = fix_pos_maxmin(x, self.spec.bitwidth)
+                fp = fix_pos_maxmin(x, self.spec.bitwidth, (lo, hi))
             else:
-                fp = fix_pos_diffs(x, self.spec, self.scope)
+                fp = fix_pos_diffs(x, self.spec, self.scope, kernels.diffs_errors, (lo, hi))
             self.observer.observe(fp)
             current = self.observer.value
         else:
             current = self.fix_pos
             if current is None:
                 return x
-        return fake_quantize(x, self.spec.with_fix_pos(current))
+        return kernels.fake_quantize(x, self.spec.with_fix_pos(current))
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):

@@ -1,0 +1,107 @@
+"""Post-training quantization of torchvision models: ours (power-of-two, per tensor, W8A8) vs torchao PT2E.
+
+    python benchmarks/quant_vs_pt2e.py [resnet18 mobilenet_v2 efficientnet_b0 inception_v3] [--batches 8]
+
+Random weights with BN statistics populated by train-mode forwards; the same calibration batches (batch
+8) and the same evaluation batch for every method, in one run. Prints, per model:
+- output SQNR against the float model: ours and PT2E (XNNPACKQuantizer, per-tensor symmetric config);
+- calibration time / float time over the calibration batches (ours; PT2E's observers);
+- test-mode time / float time (ours: fake-quant simulation; PT2E: its converted reference model).
+Times are wall clock after one warm-up pass (which also compiles our fused kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import prepare_model, sqnr_db
+from pytorch_nndct.apis import torch_quantizer
+
+
+def timed(fn, batches) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for b in batches:
+            fn(b)
+    return time.perf_counter() - start
+
+
+def ours(model, example, calib, test_x, out_dir):
+    q = torch_quantizer("calib", model, (example,), output_dir=out_dir)
+    qm = q.quant_model
+    t_calib = timed(qm, calib)
+    q.export_quant_config()
+    t = torch_quantizer("test", model, (example,), output_dir=out_dir).quant_model
+    with torch.no_grad():
+        t(test_x)  # warm-up
+        out = t(test_x)
+    t_test = timed(t, calib)
+    return out, t_calib, t_test
+
+
+def pt2e(model, example, calib, test_x):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    exported = torch.export.export(copy.deepcopy(model), (example,)).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=False))
+    prepared = prepare_pt2e(exported, quantizer)
+    t_calib = timed(prepared, calib)
+    converted = convert_pt2e(prepared)
+    with torch.no_grad():
+        out = converted(test_x)
+    t_test = timed(converted, calib)
+    return out, t_calib, t_test
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="*", default=["resnet18", "mobilenet_v2", "efficientnet_b0", "inception_v3"])
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batches} calibration batches of "
+        f"{args.batch_size}"
+    )
+    print(
+        "| model | SQNR ours (dB) | SQNR PT2E (dB) | calib/float ours | calib/float PT2E | test/float ours "
+        "| test/float PT2E |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        size = 299 if name == "inception_v3" else 224
+        model = prepare_model(torchvision.models.get_model(name), (3, size, size))
+        g = torch.Generator().manual_seed(1)
+        calib = [torch.randn(args.batch_size, 3, size, size, generator=g) for _ in range(args.batches)]
+        test_x = torch.randn(args.batch_size, 3, size, size, generator=g)
+        with torch.no_grad():
+            model(calib[0])  # warm-up
+            ref = model(test_x)
+        t_float = timed(model, calib)
+        with tempfile.TemporaryDirectory() as tmp:
+            with torch.no_grad():  # warm-up (compiles our kernels once per process)
+                torch_quantizer("calib", model, (calib[0][:2],), output_dir=tmp).quant_model(calib[0])
+            o_out, o_cal, o_test = ours(model, calib[0][:2], calib, test_x, tmp)
+        p_out, p_cal, p_test = pt2e(model, calib[0], calib, test_x)
+        print(
+            f"| {name} | {sqnr_db(ref, o_out):.2f} | {sqnr_db(ref, p_out):.2f} | {o_cal / t_float:.2f} | "
+            f"{p_cal / t_float:.2f} | {o_test / t_float:.2f} | {p_test / t_float:.2f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Small built-in models used by examples, tests and benchmarks."""

@@ -1,0 +1,32 @@
+"""The compiled kernels give exactly what the eager primitives give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytorch_nndct.quant import kernels, primitives
+from pytorch_nndct.quant.spec import QuantSpec, RoundMode
+
+
+@pytest.mark.parametrize("mode", [RoundMode.HALF_UP, RoundMode.HALF_AWAY, RoundMode.HALF_EVEN])
+@pytest.mark.parametrize("fp", [-1, 4, 9])
+def test_fake_quantize_bit_exact(mode, fp):
+    torch.manual_seed(fp)
+    x = torch.randn(3, 64, 33, 17) * 2.0 ** (6 - fp)
+    x.view(-1)[:8] = torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997]) * 2.0**-fp
+    spec = QuantSpec(8, True, mode, fp)
+    assert torch.equal(kernels.fake_quantize(x, spec), primitives.fake_quantize(x, spec))
+
+
+@pytest.mark.parametrize("mode", [RoundMode.HALF_UP, RoundMode.HALF_AWAY])
+def test_diffs_errors_match_and_pick_the_same_fp(mode):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x = torch.relu(torch.randn(8, 32, 28, 28)) * (seed + 1)
+        spec = QuantSpec(8, True, mode)
+        fused = primitives.fix_pos_diffs(x, spec, errors=kernels.diffs_errors)
+        assert fused == primitives.fix_pos_diffs(x, spec)
+        cands = list(range(fused - 2, fused + 3))
+        a, b = kernels.diffs_errors(x, spec, cands), primitives.diffs_errors(x, spec, cands)
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)

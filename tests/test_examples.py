@@ -1,0 +1,44 @@
+"""The seed's resnet18 example runs end to end: calibrate, then test, in two processes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _image_folder(root: Path, classes: int = 3, per_class: int = 4) -> None:
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        folder = root / "val" / f"class_{c}"
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            pixels = (torch.rand(64, 80, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"img_{k}.png")
+
+
+def test_resnet18_example_calib_then_test(tmp_path):
+    _image_folder(tmp_path / "data")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    common = ["--data_dir", str(tmp_path / "data"), "--model_dir", str(tmp_path), "--batch_size", "4",
+              "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    script = str(ROOT / "examples" / "resnet18_quant.py")
+    results = {}
+    for mode in ("calib", "2"):
+        run = subprocess.run([sys.executable, script, "--quant_mode", mode, *common], capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        match = re.search(r"loss: ([\d.]+)\s+top-1 / top-5 accuracy: ([\d.]+) / ([\d.]+)", run.stdout)
+        assert match, run.stdout
+        results[mode] = tuple(float(v) for v in match.groups())
+    assert (tmp_path / "out" / "quant_info.json").exists() and (tmp_path / "out" / "ResNet.py").exists()
+    for loss, top1, top5 in results.values():
+        assert loss > 0 and 0 <= top1 <= top5 <= 100
