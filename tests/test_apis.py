@@ -89,7 +89,7 @@ def test_float_mode_runs_the_float_graph(tmp_path):
 
 # ----------------------------------------------------------------------------------------- errors
 def test_unknown_quant_mode():
-    with pytest.raises(InputError, match="unknown quant_mode 'calibrate'.*'calib'"):
+    with pytest.raises(InputError, match=r"unknown quant_mode 'calibrate'.*'calib'"):
         torch_quantizer("calibrate", nn.Linear(2, 2), torch.randn(1, 2))
 
 
@@ -103,14 +103,14 @@ def test_export_before_any_forward(tmp_path):
 
 def test_missing_quant_info(tmp_path):
     model, data = model_and_data()
-    with pytest.raises(QuantInfoError, match="does not exist.*run calibration first"):
+    with pytest.raises(QuantInfoError, match=r"does not exist.*run calibration first"):
         torch_quantizer("test", model, (data[:4],), output_dir=tmp_path)
 
 
 def test_corrupted_quant_info(calibrated, tmp_path):
     (tmp_path / "quant_info.json").write_text('{"param": {"DigitsNet::x": [[8, ')
     model, data = model_and_data()
-    with pytest.raises(QuantInfoError, match="not valid JSON.*corrupted"):
+    with pytest.raises(QuantInfoError, match=r"not valid JSON.*corrupted"):
         torch_quantizer("test", model, (data[:4],), output_dir=tmp_path)
     (tmp_path / "quant_info.json").write_text('{"param": {"DigitsNet::x": "eight"}}')
     with pytest.raises(QuantInfoError, match=r"not \[\[bit_width, fix_pos\]\]"):
