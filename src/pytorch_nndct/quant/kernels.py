@@ -39,10 +39,14 @@ def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: float, qmax: float, mode: Ro
 
 
 def _errors(x: torch.Tensor, scales: torch.Tensor, qmin: float, qmax: float, mode: RoundMode) -> torch.Tensor:
-    y = x.unsqueeze(0) * scales.unsqueeze(1)
-    q = primitives.round_(y, mode).clamp(qmin, qmax)
-    err = (x.unsqueeze(0) - q / scales.unsqueeze(1)).to(torch.float64)
-    return (err * err).sum(dim=1)
+    # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
+    # and divided by s^2 once; one loop per candidate lets the compiler keep each in registers.
+    sums = []
+    for k in range(scales.shape[0]):
+        y = x * scales[k]
+        d = (y - primitives.round_(y, mode).clamp(qmin, qmax)).to(torch.float64)
+        sums.append((d * d).sum())
+    return torch.stack(sums) / scales.to(torch.float64) ** 2
 
 
 class _Compiled:
@@ -67,13 +71,22 @@ class _Compiled:
 _FQ = _Compiled(_fq)
 _ERRORS = _Compiled(_errors)
 _CHUNK = 1 << 24
+_SCALES: dict[tuple, torch.Tensor] = {}
+
+
+def _scales(fix_positions: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (fix_positions, dtype, device)
+    t = _SCALES.get(key)
+    if t is None:
+        t = _SCALES[key] = torch.tensor([math.ldexp(1.0, fp) for fp in fix_positions], dtype=dtype, device=device)
+    return t
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Same result as primitives.fake_quantize, in one fused pass."""
     if x.numel() < 4096 or (torch.is_grad_enabled() and x.requires_grad):
         return primitives.fake_quantize(x, spec)
-    scale = torch.tensor(math.ldexp(1.0, spec.fix_pos), dtype=x.dtype, device=x.device)
+    scale = _scales((spec.fix_pos,), x.dtype, x.device)[0]
     return _FQ(x, scale, float(spec.qmin), float(spec.qmax), spec.round_mode)
 
 
@@ -82,7 +95,7 @@ def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> tor
     if x.numel() < 4096:
         return primitives.diffs_errors(x, spec, candidates)
     flat = x.detach().reshape(-1)
-    scales = torch.tensor([math.ldexp(1.0, fp) for fp in candidates], dtype=x.dtype, device=x.device)
+    scales = _scales(tuple(candidates), x.dtype, x.device)
     total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
     for start in range(0, flat.numel(), _CHUNK):
         total += _ERRORS(flat[start : start + _CHUNK], scales, float(spec.qmin), float(spec.qmax), spec.round_mode)
