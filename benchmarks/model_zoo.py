@@ -31,6 +31,7 @@ def input_size(name: str) -> tuple[int, int, int]:
 
 def run_one(name: str) -> tuple[str, float, float, float, int, str, int]:
     size = input_size(name)
+    torch.manual_seed(0)
     model = prepare_model(torchvision.models.get_model(name), size)
     t0 = time.perf_counter()
     graph = nd.trace(model, torch.randn(2, *size))

@@ -87,6 +87,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         size = 299 if name == "inception_v3" else 224
+        torch.manual_seed(0)
         model = prepare_model(torchvision.models.get_model(name), (3, size, size))
         g = torch.Generator().manual_seed(1)
         calib = [torch.randn(args.batch_size, 3, size, size, generator=g) for _ in range(args.batches)]
