@@ -69,6 +69,16 @@ def _load_state_dict(module: torch.nn.Module, state_dict_file: str | os.PathLike
         )
 
 
+def _on_device_of(module: torch.nn.Module, input_args: Any) -> Any:
+    """Example inputs moved to the device of the model's parameters (scripts often build them on the CPU)."""
+    param = next(iter(module.parameters()), None)
+    if param is None:
+        return input_args
+    return torch.utils._pytree.tree_map(
+        lambda v: v.to(param.device) if isinstance(v, torch.Tensor) and v.device != param.device else v, input_args
+    )
+
+
 class torch_quantizer:
     """Build the quantized version of `module` (see the seed README for the workflow)."""
 
@@ -108,7 +118,7 @@ class torch_quantizer:
         self.output_dir = prepare_output_dir(output_dir)
         self.device = torch.device(device) if device is not None else None
 
-        self.graph = optimize(trace(module, input_args))
+        self.graph = optimize(trace(module, _on_device_of(module, input_args)))
         self.graph_md5 = graph_md5(self.graph)
         self.plan: QuantPlan = make_plan(self.graph, self.bitwidth_w, self.bitwidth_a)
         self._model = load_module(write_module(self.graph, self.output_dir))
