@@ -22,9 +22,8 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import prepare_model  # noqa: E402
-
-from pytorch_nndct.apis import torch_quantizer  # noqa: E402
+from helpers import prepare_model
+from pytorch_nndct.apis import torch_quantizer
 
 
 def _sync(device: torch.device) -> None:
