@@ -30,3 +30,11 @@ def test_diffs_errors_match_and_pick_the_same_fp(mode):
         cands = list(range(fused - 2, fused + 3))
         a, b = kernels.diffs_errors(x, spec, cands), primitives.diffs_errors(x, spec, cands)
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_one_kernel_serves_every_rank_without_falling_back():
+    spec = QuantSpec(8, True, RoundMode.HALF_UP, 5)
+    for shape in [(5000,), (2, 4096), (1, 64, 1, 49, 49), (2, 3, 4, 5, 6, 8), (4096, 1), (3, 40, 40)]:
+        x = torch.randn(shape).transpose(0, -1) if len(shape) > 1 else torch.randn(shape)
+        assert torch.equal(kernels.fake_quantize(x, spec), primitives.fake_quantize(x, spec))
+    assert not kernels._FQ.failed

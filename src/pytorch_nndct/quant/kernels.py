@@ -87,7 +87,9 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     if x.numel() < 4096 or (torch.is_grad_enabled() and x.requires_grad):
         return primitives.fake_quantize(x, spec)
     scale = _scales((spec.fix_pos,), x.dtype, x.device)[0]
-    return _FQ(x, scale, float(spec.qmin), float(spec.qmax), spec.round_mode)
+    # always 1-D, so one compiled kernel serves tensors of every rank (no recompiles per shape)
+    flat = _FQ(x.reshape(-1), scale, float(spec.qmin), float(spec.qmax), spec.round_mode)
+    return flat.view(x.shape)
 
 
 def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> torch.Tensor:
