@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from helpers import prepare_model, sqnr_db
 
+from helpers import prepare_model, sqnr_db
 from pytorch_nndct.apis import torch_quantizer
 from pytorch_nndct.quant import kernels
 
