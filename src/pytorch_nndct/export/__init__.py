@@ -1,4 +1,4 @@
-"""Exporters: quant_info.json (more to come: .xmodel, ONNX QDQ, deploy-check data)."""
+"""Exporters: quant_info.json, and the serial_v2 schema the .xmodel writer (in progress) builds on."""
 
 from .quant_info import QUANT_INFO, QuantInfoError, read_quant_info, write_quant_info
 
