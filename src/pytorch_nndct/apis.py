@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 
 from .codegen import load_module, prepare_output_dir, write_module
 from .errors import InputError, NndctError
+from .export.deploy import lower
 from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
+from .export.xmodel import write_xmodel
 from .ir.trace import trace
 from .passes import optimize
 from .quant.plan import QuantPlan, graph_md5, make_plan
@@ -24,9 +27,11 @@ from .quant.rules import apply_constraints
 from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach
 from .quant.table import QuantTable
 
-__all__ = ["torch_quantizer"]
+__all__ = ["dump_xmodel", "torch_quantizer"]
 
 log = logging.getLogger("pytorch_nndct")
+
+_LAST: dict[str, Any] = {}  # the last quantizer created, for the seed's module-level dump_xmodel()
 
 _MODES = {"calib": Mode.CALIB, 1: Mode.CALIB, "test": Mode.TEST, 2: Mode.TEST, "float": Mode.FLOAT, 0: Mode.FLOAT}
 
@@ -126,8 +131,10 @@ class torch_quantizer:
         self.points = attach(self._model, self.graph, self.plan, self.state)
         if self.device is not None:
             self._model.to(self.device)
+        self.table: QuantTable | None = None
         if self.mode is Mode.TEST:
             self._load_config()
+        _LAST["quantizer"] = weakref.ref(self)
         n_param = len(self.plan.params)
         log.info(
             "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
@@ -157,6 +164,33 @@ class torch_quantizer:
         written = write_quant_info(table, self.output_dir)
         log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
         return written
+
+    def export_xmodel(
+        self, output_dir: str | os.PathLike | None = None, deploy_check: bool = False, batch_size: int | None = None
+    ) -> Path:
+        """Test mode: write `<Model>_int.xmodel` (XIR, NHWC, fix ops) at `batch_size` (default 1); returns its path.
+
+        Ops with no XIR equivalent are written as custom ops and listed in a warning. No forward pass at
+        batch size 1 is needed (the original needed one).
+        """
+        if self.mode is not Mode.TEST:
+            raise NndctError(
+                f"export_xmodel() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} mode. "
+                "Fix: calibrate and export_quant_config() first, then create the quantizer with quant_mode='test' "
+                "and export from it."
+            )
+        if deploy_check:
+            raise NndctError("deploy_check data is not supported yet; call export_xmodel(deploy_check=False).")
+        deploy = lower(self.graph, self.plan, self.table, batch_size)
+        path = write_xmodel(deploy, output_dir if output_dir is not None else self.output_dir)
+        if deploy.custom:
+            log.warning(
+                "pytorch_nndct: %d op(s) have no XIR equivalent and were written as custom ops: %s",
+                len(deploy.custom),
+                "; ".join(f"{k} ({v})" for k, v in list(deploy.custom.items())[:10]),
+            )
+        log.info("pytorch_nndct: wrote %s (%d ops)", path, len(deploy.ops))
+        return path
 
     # ------------------------------------------------------------------ internals
     def _expected_table(self) -> QuantTable:
@@ -196,9 +230,19 @@ class torch_quantizer:
     def _load_config(self) -> None:
         loaded, doc = read_quant_info(self.output_dir, self.graph.name)
         check_table(loaded, self._expected_table(), doc, str(self.output_dir / QUANT_INFO))
+        self.table = loaded
         for p in self.plan.params:
             pq: ParamQuant = self.points[p.key]
             pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)
         for key, point in self.points.items():
             if isinstance(point, ActPoint):
                 point.fix_pos = loaded.outputs[key].fix_pos
+
+
+def dump_xmodel(output_dir: str | os.PathLike = "quantize_result", deploy_check: bool = False) -> Path:
+    """The seed's module-level export: `export_xmodel` of the last quantizer created (in test mode)."""
+    ref = _LAST.get("quantizer")
+    quantizer = ref() if ref is not None else None
+    if quantizer is None:
+        raise NndctError("dump_xmodel() needs a quantizer: create torch_quantizer('test', ...) first.")
+    return quantizer.export_xmodel(output_dir, deploy_check)

@@ -4,39 +4,9 @@ from __future__ import annotations
 
 import struct
 
+from wire import decode
+
 from pytorch_nndct.export.xir_schema import make_attr, schema
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
-
-
-def decode(buf: bytes) -> list[tuple[int, int, object]]:
-    """(field number, wire type, raw value) of each top-level field of one message."""
-    out, pos = [], 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-        out.append((number, wire, value))
-    return out
 
 
 def test_field_numbers_follow_the_spec():

@@ -1,0 +1,457 @@
+"""Lower a quantized graph to XIR ops (SPEC 5): NHWC, OHWI weights, `fix` after every quantized tensor.
+
+The result is a list of `XOp` in topological order, independent of the file format; `xmodel.py` writes
+it. Per-op lowering lives in `LOWERINGS`; an op with no XIR equivalent becomes a custom op (XIR registers
+unknown types with `shape` and `data_type` attributes) and is reported.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import NndctError
+from ..ir.graph import Graph, Node, TensorMeta
+from ..ir.ops import Op
+from ..quant.dpu import DPU_LEAKY_SLOPE
+from ..quant.plan import QuantPlan
+from ..quant.primitives import avgpool_factor, fake_quantize
+from ..quant.table import QuantTable
+
+__all__ = ["LOWERINGS", "DeployGraph", "XOp", "fixed_batch", "lower", "sanitize"]
+
+
+def sanitize(name: str) -> str:
+    """XIR names: every character outside [0-9A-Za-z] becomes '_' (one for one)."""
+    return re.sub(r"[^0-9A-Za-z]", "_", name)
+
+
+@dataclass
+class XOp:
+    name: str
+    type: str
+    shape: list[int]
+    attrs: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (AttrValue kind, value)
+    args: dict[str, list[str]] = field(default_factory=dict)
+    fix: tuple[int, int] | None = None  # (bit_width, fix_point) when this op is a `fix`
+    node: str = ""  # the graph node it comes from
+
+
+@dataclass
+class DeployGraph:
+    name: str
+    ops: list[XOp] = field(default_factory=list)
+    custom: dict[str, str] = field(default_factory=dict)  # op name -> why it is a custom op
+
+
+_NHWC = [0, 2, 3, 1]  # physical (NHWC) dim i holds logical (NCHW) dim _NHWC[i]
+
+
+def _layout(rank: int) -> list[int]:
+    return _NHWC if rank == 4 else list(range(rank))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for i, o in enumerate(order):
+        inv[o] = i
+    return inv
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, batch: int) -> None:
+        self.graph, self.plan, self.table, self.batch = graph, plan, table, batch
+        self.out = DeployGraph(graph.name)
+        self.value: dict[str, str] = {}  # node name -> XOp name holding its (fixed) value
+        self.params: dict[str, str] = {}  # param key -> name of its const (or const fix)
+        self.param_specs = {p.key: p.spec for p in plan.params}
+
+    # ------------------------------------------------------------------ helpers
+    def op_name(self, node: Node, suffix: str = "") -> str:
+        return sanitize(f"{self.graph.name}::{node.name}") + suffix
+
+    def logical_shape(self, node: Node) -> list[int]:
+        if not isinstance(node.meta, TensorMeta):
+            raise NndctError(f"{node.where()} has no tensor shape; it cannot be exported")
+        dims = []
+        for d in node.meta.shape:
+            if d == "B":
+                d = self.batch
+            if not isinstance(d, int):
+                raise NndctError(f"{node.where()} has a symbolic dimension {d!r}; export needs concrete shapes")
+            dims.append(d)
+        return dims
+
+    def phys_shape(self, node: Node) -> list[int]:
+        dims = self.logical_shape(node)
+        return [dims[i] for i in _layout(len(dims))]
+
+    def phys_axis(self, node: Node, dim: int) -> int:
+        rank = len(self.logical_shape(node))
+        dim = dim % rank
+        return _layout(rank).index(dim)
+
+    def add(self, op: XOp) -> XOp:
+        self.out.ops.append(op)
+        return op
+
+    def fix_after(self, producer: XOp, key: str, source: str) -> str:
+        spec = self.table.params.get(key) or self.table.outputs.get(key)
+        if spec is None or spec.fix_pos is None:
+            return producer.name
+        fix = XOp(
+            f"{producer.name}_fix",
+            "fix",
+            list(producer.shape),
+            {
+                "fix_point": ("int32", spec.fix_pos),
+                "bit_width": ("int32", spec.bitwidth),
+                "round_mode": ("string", "DPU_ROUND"),
+                "if_signed": ("bool", True),
+            },
+            {"input": [producer.name]},
+            fix=(spec.bitwidth, spec.fix_pos),
+            node=source,
+        )
+        return self.add(fix).name
+
+    def const(self, name: str, values: torch.Tensor, key: str | None, source: str) -> str:
+        """A const op (fake-quantized values when `key` names a quantized parameter), then its fix."""
+        data = values.detach().to(torch.float32).contiguous()
+        spec = self.param_specs.get(key) if key else None
+        fp = self.table.params[key].fix_pos if spec is not None and key in self.table.params else None
+        if spec is not None and fp is not None:
+            data = fake_quantize(data, spec.with_fix_pos(fp))
+        shape = list(data.shape) or [1]
+        op = XOp(
+            name,
+            "const",
+            shape,
+            {
+                "shape": ("int32_vec", shape),
+                "data_type": ("string", "float32"),
+                "data": ("bytes", struct.pack(f"<{data.numel()}f", *data.reshape(-1).tolist())),
+            },
+            node=source,
+        )
+        self.add(op)
+        return self.fix_after(op, key, source) if key else op.name
+
+    def param(self, node: Node, role: str, layout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
+        key = node.params[role]
+        if key not in self.params:
+            t = self.graph.params[key]
+            self.params[key] = self.const(sanitize(f"{self.graph.name}::{key}"), layout(t) if layout else t, key,
+                                          node.name)  # fmt: skip
+        return self.params[key]
+
+    def emit(self, node: Node, op: XOp) -> None:
+        op.node = node.name
+        self.add(op)
+        key = self.plan.tensor_point.get(node.name)
+        quantized_here = node.name in self.plan.outputs
+        self.value[node.name] = self.fix_after(op, key, node.name) if quantized_here and key else op.name
+
+    def inputs(self, node: Node) -> list[str]:
+        return [self.value[i.name] for i in node.inputs]
+
+    def custom(self, node: Node, why: str) -> None:
+        name = self.op_name(node)
+        shape = self.phys_shape(node)
+        op = XOp(name, node.op.value if node.op is not Op.ATEN else sanitize(node.attrs["target"]), shape,
+                 {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")},
+                 {"input": [self.value[i.name] for i in node.inputs if i.name in self.value]})  # fmt: skip
+        self.out.custom[name] = why
+        self.emit(node, op)
+
+    def run(self) -> DeployGraph:
+        for node in self.graph.nodes:
+            fn = LOWERINGS.get(node.op)
+            if fn is None:
+                self.custom(node, f"{node.op.value} has no XIR lowering yet")
+                continue
+            fn(self, node)
+        return self.out
+
+
+Lower = Callable[[_Lowering, Node], None]
+LOWERINGS: dict[Op, Lower] = {}
+
+
+def lowers(*ops: Op) -> Callable[[Lower], Lower]:
+    def register(fn: Lower) -> Lower:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+@lowers(Op.INPUT)
+def _input(lw: _Lowering, node: Node) -> None:
+    shape = lw.phys_shape(node)
+    lw.emit(
+        node, XOp(lw.op_name(node), "data", shape, {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")})
+    )
+
+
+@lowers(Op.CONST)
+def _const(lw: _Lowering, node: Node) -> None:
+    t = lw.graph.params[node.params["value"]]
+    phys = t.permute(_NHWC) if t.dim() == 4 else t
+    lw.value[node.name] = lw.param(node, "value", lambda _: phys)
+
+
+def _pads(padding: Any, kernel: list[int], dilation: list[int]) -> list[int]:
+    """PyTorch padding ([ph, pw], 'same' or 'valid') as XIR {left, right, top, bottom}."""
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    if padding == "same":
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return [tw // 2, tw - tw // 2, th // 2, th - th // 2]
+    ph, pw = padding
+    return [pw, pw, ph, ph]
+
+
+@lowers(Op.CONV2D)
+def _conv2d(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    w = lw.graph.params[node.params["weight"]]
+    cout, cin_g, kh, kw = w.shape
+    cin = cin_g * a["groups"]
+    depthwise = a["groups"] == cin and cout == cin and cin > 1
+    if depthwise:
+        weights = lw.param(node, "weight", lambda t: t.permute(1, 2, 3, 0))  # [C,1,kh,kw] -> [1,kh,kw,C]
+    else:
+        weights = lw.param(node, "weight", lambda t: t.permute(0, 2, 3, 1))  # OIHW -> OHWI
+    args = {"input": [lw.value[node.inputs[0].name]], "weights": [weights], "bias": []}
+    if "bias" in node.params:
+        args["bias"] = [lw.param(node, "bias")]
+    attrs = {
+        "kernel": ("int32_vec", [kw, kh]),
+        "stride": ("int32_vec", [a["stride"][1], a["stride"][0]]),
+        "dilation": ("int32_vec", [a["dilation"][1], a["dilation"][0]]),
+        "pad": ("int32_vec", _pads(a["padding"], [kh, kw], a["dilation"])),
+        "pad_mode": ("string", "FLOOR"),
+        "in_dim": ("int32", cin),
+        "out_dim": ("int32", cout),
+        "bias_term": ("bool", "bias" in node.params),
+    }
+    if not depthwise:
+        attrs["group"] = ("int32", a["groups"])
+    kind = "depthwise-conv2d" if depthwise else "conv2d"
+    lw.emit(node, XOp(lw.op_name(node), kind, lw.phys_shape(node), attrs, args))
+
+
+@lowers(Op.LINEAR)
+def _linear(lw: _Lowering, node: Node) -> None:
+    args = {"input": [lw.value[node.inputs[0].name], lw.param(node, "weight")], "bias": []}
+    if "bias" in node.params:
+        args["bias"] = [lw.param(node, "bias")]
+    attrs = {"transpose_a": ("bool", False), "transpose_b": ("bool", True)}
+    lw.emit(node, XOp(lw.op_name(node), "matmul", lw.phys_shape(node), attrs, args))
+
+
+@lowers(Op.CHANNEL_SCALE)
+def _channel_scale(lw: _Lowering, node: Node) -> None:
+    args = {"input": lw.inputs(node), "scale": [lw.param(node, "weight")], "bias": [lw.param(node, "bias")]}
+    lw.emit(node, XOp(lw.op_name(node), "scale", lw.phys_shape(node), {"axis": ("int32", -1)}, args))
+
+
+_ELTWISE = {Op.ADD: "add", Op.SUB: "sub", Op.MUL: "mul"}
+
+
+@lowers(*_ELTWISE)
+def _eltwise(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    if a.get("alpha", 1) != 1:
+        lw.custom(node, f"{node.op.value} with alpha {a['alpha']}")
+        return
+    inputs = lw.inputs(node)
+    if a["other"] is not None:
+        inputs.append(lw.const(lw.op_name(node, "_other"), torch.tensor([float(a["other"])]), None, node.name))
+    lw.emit(node, XOp(lw.op_name(node), _ELTWISE[node.op], lw.phys_shape(node), {}, {"input": inputs}))
+
+
+@lowers(Op.CAT)
+def _cat(lw: _Lowering, node: Node) -> None:
+    axis = lw.phys_axis(node, node.attrs["dim"])
+    lw.emit(
+        node,
+        XOp(lw.op_name(node), "concat", lw.phys_shape(node), {"axis": ("int32", axis)}, {"input": lw.inputs(node)}),
+    )
+
+
+def _pool_attrs(kernel: list[int], stride: list[int], padding: list[int], ceil: bool) -> dict[str, tuple[str, Any]]:
+    return {
+        "kernel": ("int32_vec", [kernel[1], kernel[0]]),
+        "stride": ("int32_vec", [stride[1], stride[0]]),
+        "pad": ("int32_vec", [padding[1], padding[1], padding[0], padding[0]]),
+        "pad_mode": ("string", "CEIL" if ceil else "FLOOR"),
+    }
+
+
+@lowers(Op.MAX_POOL2D)
+def _max_pool(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    if list(a["dilation"]) != [1, 1]:
+        lw.custom(node, "max pooling with dilation")
+        return
+    attrs = _pool_attrs(a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
+    lw.emit(node, XOp(lw.op_name(node), "maxpool2d", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+
+
+def _avgpool(lw: _Lowering, node: Node, kernel: list[int], stride: list[int], padding: list[int], ceil: bool,
+             count_include_pad: bool, is_global: bool) -> None:  # fmt: skip
+    """avgpool2d, then a mul by k * M / 2^S: the DPU's window sum times M / 2^S (SPEC 2.4)."""
+    attrs = _pool_attrs(kernel, stride, padding, ceil)
+    attrs["count_include_pad"] = ("bool", count_include_pad)
+    attrs["global"] = ("bool", is_global)
+    shape = lw.phys_shape(node)
+    pool = lw.add(
+        XOp(lw.op_name(node, "_avgpool"), "avgpool2d", shape, attrs, {"input": lw.inputs(node)}, node=node.name)
+    )
+    k = kernel[0] * kernel[1]
+    m, s = avgpool_factor(k)
+    factor = lw.const(lw.op_name(node, "_factor"), torch.tensor([k * m / 2**s]), None, node.name)
+    lw.emit(node, XOp(lw.op_name(node), "mul", shape, {}, {"input": [pool.name, factor]}))
+
+
+@lowers(Op.AVG_POOL2D)
+def _avg_pool(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    if a["divisor_override"] is not None:
+        lw.custom(node, "average pooling with divisor_override")
+        return
+    _avgpool(lw, node, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"], False)
+
+
+@lowers(Op.ADAPTIVE_AVG_POOL2D)
+def _adaptive_avg_pool(lw: _Lowering, node: Node) -> None:
+    h, w = lw.logical_shape(node.inputs[0])[2:]
+    oh, ow = lw.logical_shape(node)[2:]
+    if h % oh or w % ow:
+        lw.custom(node, f"adaptive average pooling {h}x{w} -> {oh}x{ow} has no fixed kernel")
+        return
+    k = [h // oh, w // ow]
+    _avgpool(lw, node, k, k, [0, 0], False, True, oh == 1 and ow == 1)
+
+
+_ACTIVATIONS = {
+    Op.RELU: "relu",
+    Op.RELU6: "relu6",
+    Op.SIGMOID: "sigmoid",
+    Op.TANH: "tanh",
+    Op.HARDSIGMOID: "hard-sigmoid",
+    Op.HARDSWISH: "hard-swish",
+    Op.SILU: "swish",
+}
+
+
+@lowers(*_ACTIVATIONS)
+def _activation(lw: _Lowering, node: Node) -> None:
+    lw.emit(node, XOp(lw.op_name(node), _ACTIVATIONS[node.op], lw.phys_shape(node), {}, {"input": lw.inputs(node)}))
+
+
+@lowers(Op.LEAKY_RELU)
+def _leaky_relu(lw: _Lowering, node: Node) -> None:
+    attrs = {"alpha": ("float", DPU_LEAKY_SLOPE)}
+    lw.emit(node, XOp(lw.op_name(node), "leaky-relu", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+
+
+@lowers(Op.SOFTMAX)
+def _softmax(lw: _Lowering, node: Node) -> None:
+    attrs = {"axis": ("int32", lw.phys_axis(node, node.attrs["dim"]))}
+    lw.emit(node, XOp(lw.op_name(node), "softmax", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+
+
+def _physical_order(in_rank: int, logical_perm: list[int]) -> list[int]:
+    """The XIR transpose order that does `permute(logical_perm)` on NHWC-laid-out tensors."""
+    lx, ly = _layout(in_rank), _layout(len(logical_perm))
+    return [lx.index(logical_perm[ly[i]]) for i in range(len(logical_perm))]
+
+
+@lowers(Op.PERMUTE, Op.TRANSPOSE)
+def _permute(lw: _Lowering, node: Node) -> None:
+    rank = len(lw.logical_shape(node.inputs[0]))
+    if node.op is Op.PERMUTE:
+        perm = [d % rank for d in node.attrs["dims"]]
+    else:
+        perm = list(range(rank))
+        d0, d1 = node.attrs["dim0"] % rank, node.attrs["dim1"] % rank
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    order = _physical_order(rank, perm)
+    if order == list(range(rank)) and node.name not in lw.plan.outputs:
+        lw.value[node.name] = lw.value[node.inputs[0].name]
+        return
+    attrs = {"order": ("int32_vec", order)}
+    lw.emit(node, XOp(lw.op_name(node), "transpose", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+
+
+@lowers(Op.FLATTEN, Op.RESHAPE, Op.CONTIGUOUS, Op.UNSQUEEZE, Op.SQUEEZE)
+def _reshape(lw: _Lowering, node: Node) -> None:
+    src_node = node.inputs[0]
+    in_logical = lw.logical_shape(src_node)
+    out_logical = lw.logical_shape(node)
+    src = lw.value[src_node.name]
+    if in_logical == out_logical and node.name not in lw.plan.outputs:
+        lw.value[node.name] = src
+        return
+    # go to the logical (NCHW) order, reshape, come back to the physical layout of the result
+    if len(in_logical) == 4 and in_logical[2] * in_logical[3] > 1:
+        nchw = [in_logical[i] for i in range(4)]
+        src = lw.add(XOp(lw.op_name(node, "_t"), "transpose", nchw, {"order": ("int32_vec", [0, 3, 1, 2])},
+                         {"input": [src]}, node=node.name)).name  # fmt: skip
+    if len(out_logical) == 4 and out_logical[2] * out_logical[3] > 1:
+        reshaped = lw.add(XOp(lw.op_name(node, "_r"), "reshape", out_logical, {"shape": ("int32_vec", out_logical)},
+                              {"input": [src]}, node=node.name))  # fmt: skip
+        op = XOp(lw.op_name(node), "transpose", lw.phys_shape(node), {"order": ("int32_vec", _NHWC)},
+                 {"input": [reshaped.name]})  # fmt: skip
+    else:
+        shape = lw.phys_shape(node)
+        op = XOp(lw.op_name(node), "reshape", shape, {"shape": ("int32_vec", shape)}, {"input": [src]})
+    lw.emit(node, op)
+
+
+@lowers(Op.SIZE, Op.SCALAR)
+def _shape_arithmetic(lw: _Lowering, node: Node) -> None:
+    """Sizes are concrete in a deployed graph: reshapes take their target shape from the node's meta."""
+
+
+@lowers(Op.MEAN)
+def _mean(lw: _Lowering, node: Node) -> None:
+    rank = len(lw.logical_shape(node.inputs[0]))
+    dims = node.attrs["dim"] if node.attrs["dim"] is not None else list(range(rank))
+    axes = sorted(_layout(rank).index(d % rank) for d in dims)
+    attrs = {"axis": ("int32_vec", axes), "keep_dims": ("bool", bool(node.attrs["keepdim"]))}
+    lw.emit(node, XOp(lw.op_name(node), "reduction_mean", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+
+
+def fixed_batch(graph: Graph) -> int | None:
+    """The batch size a graph was captured with when it is not symbolic ('B'), else None."""
+    for node in graph.nodes:
+        if isinstance(node.meta, TensorMeta) and "B" in node.meta.shape:
+            return None
+    first = graph.inputs[0].meta if graph.inputs else None
+    return first.shape[0] if isinstance(first, TensorMeta) and first.shape else None
+
+
+def lower(graph: Graph, plan: QuantPlan, table: QuantTable, batch: int | None = None) -> DeployGraph:
+    """The deploy graph of a quantized model at batch size `batch` (default: 1, or the captured batch)."""
+    fixed = fixed_batch(graph)
+    if batch is None:
+        batch = fixed or 1
+    if batch < 1:
+        raise NndctError(f"batch size must be at least 1, got {batch}")
+    if fixed is not None and batch != fixed:
+        raise NndctError(
+            f"{graph.name} was captured with its batch size fixed at {fixed}, so it cannot be exported at batch "
+            f"size {batch}. Fix: export with batch_size={fixed}, or create the quantizer with example inputs of "
+            "batch size 2 or more so the batch stays symbolic."
+        )
+    return _Lowering(graph, plan, table, batch).run()

@@ -1,0 +1,200 @@
+"""The .xmodel: parses, is topologically sound, carries integer-exact consts and consistent NHWC shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import struct
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from wire import read_graph
+
+from helpers import golden, prepare_model
+from pytorch_nndct.apis import dump_xmodel, torch_quantizer
+from pytorch_nndct.errors import NndctError, OutputDirError
+from quant_process import model_and_data
+from small_models import golden_models
+
+
+def _quantize(model, example, batches, out_dir):
+    calib = torch_quantizer("calib", model, (example,), output_dir=out_dir)
+    with torch.no_grad():
+        for b in batches:
+            calib.quant_model(b)
+    calib.export_quant_config()
+    return torch_quantizer("test", model, (example,), output_dir=out_dir)
+
+
+def _cases():
+    cases = {"digits": lambda: (lambda m, d: (m, d[:2], [d]))(*model_and_data())}
+    for name, (model, x) in golden_models().items():
+        cases[name] = lambda model=model, x=x: (model, x, [torch.randn(8, *x.shape[1:])])
+    for name in ("resnet18", "mobilenet_v2"):
+
+        def make(name=name):
+            torch.manual_seed(0)
+            model = prepare_model(torchvision.models.get_model(name), (3, 224, 224))
+            return model, torch.randn(2, 3, 224, 224), [torch.randn(2, 3, 224, 224)]
+
+        cases[name] = make
+    return cases
+
+
+CASES = _cases()
+
+
+def _out_size(i: int, k: int, s: int, d: int, a: int, b: int, mode: str) -> int:
+    if mode == "FLOOR":
+        return (i + a + b - d * (k - 1) - 1) // s + 1
+    assert mode == "CEIL"
+    return math.ceil((i + a + b - d * (k - 1) - 1) / s) + 1
+
+
+def check_xmodel(buf: bytes, batch: int) -> list:
+    name, ops, root = read_graph(buf)
+    by_name = {}
+    for op in ops:
+        assert op.name not in by_name, f"duplicate op {op.name}"
+        for arg, producers in op.args.items():
+            for p in producers:
+                assert p in by_name, f"{op.name}.{arg} names {p}, which is not an earlier op"
+        assert op.data_type == 4 and all(d > 0 for d in op.dims)
+        by_name[op.name] = op
+    assert root == [op.name for op in ops]
+    for op in ops:
+        inp = [by_name[p] for p in op.args.get("input", [])]
+        if op.type == "const":
+            data = op.attrs["data"]
+            assert len(data) == 4 * math.prod(op.attrs["shape"]) and op.attrs["shape"] == op.dims
+        elif op.type == "fix":
+            assert op.dims == inp[0].dims and op.attrs["round_mode"] == "DPU_ROUND" and op.attrs["if_signed"]
+            if inp[0].type == "const":  # parameters: every value * 2^fp is an integer in range
+                values = struct.unpack(f"<{len(inp[0].attrs['data']) // 4}f", inp[0].attrs["data"])
+                bw, fp = op.attrs["bit_width"], op.attrs["fix_point"]
+                for v in values:
+                    q = v * 2.0**fp
+                    assert q == int(q) and -(2 ** (bw - 1)) <= q <= 2 ** (bw - 1) - 1, (op.name, v, fp)
+        elif op.type == "data":
+            assert op.dims[0] == batch and op.attrs["shape"] == op.dims
+        elif op.type in ("conv2d", "depthwise-conv2d"):
+            w = by_name[op.args["weights"][0]].dims
+            n, h, wd, c = inp[0].dims
+            kw, kh = op.attrs["kernel"]
+            sw, sh = op.attrs["stride"]
+            dw, dh = op.attrs["dilation"]
+            l, r, t, b = op.attrs["pad"]
+            oc = w[0] if op.type == "conv2d" else w[0] * c
+            assert w[1:3] == [kh, kw]
+            assert w[3] == (c // op.attrs["group"] if op.type == "conv2d" else c)
+            expected = [n, _out_size(h, kh, sh, dh, t, b, "FLOOR"), _out_size(wd, kw, sw, dw, l, r, "FLOOR"), oc]
+            assert op.dims == expected, (op.name, op.dims, expected)
+            if op.args.get("bias"):
+                assert by_name[op.args["bias"][0]].dims == [oc]
+        elif op.type in ("maxpool2d", "avgpool2d"):
+            n, h, wd, c = inp[0].dims
+            kw, kh = op.attrs["kernel"]
+            sw, sh = op.attrs["stride"]
+            l, r, t, b = op.attrs["pad"]
+            mode = op.attrs["pad_mode"]
+            assert op.dims == [n, _out_size(h, kh, sh, 1, t, b, mode), _out_size(wd, kw, sw, 1, l, r, mode), c]
+        elif op.type in ("relu", "relu6", "add", "mul", "hard-sigmoid", "hard-swish", "scale"):
+            assert op.dims == inp[0].dims
+        elif op.type == "concat":
+            axis = op.attrs["axis"] % len(op.dims)
+            assert op.dims[axis] == sum(i.dims[axis] for i in inp)
+        elif op.type == "matmul":
+            a, b = inp[0].dims, inp[1].dims
+            assert op.attrs["transpose_b"] and a[-1] == b[-1] and op.dims == [*a[:-1], b[0]]
+        elif op.type == "reshape":
+            assert math.prod(op.dims) == math.prod(inp[0].dims) and op.attrs["shape"] == op.dims
+        elif op.type == "transpose":
+            assert op.dims == [inp[0].dims[o] for o in op.attrs["order"]]
+    return ops
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_xmodel_is_sound(case, tmp_path):
+    model, example, batches = CASES[case]()
+    quantizer = _quantize(model, example, batches, tmp_path)
+    for batch in (1, 3):
+        path = quantizer.export_xmodel(tmp_path / f"b{batch}", batch_size=batch)
+        assert path.name == f"{type(model).__name__}_int.xmodel"
+        ops = check_xmodel(path.read_bytes(), batch)
+        types = {op.type for op in ops}
+        assert {"data", "const", "fix"} <= types and not any(t.startswith("aten") for t in types)
+
+
+def _text(buf: bytes) -> str:
+    name, ops, _ = read_graph(buf)
+    lines = [f"graph {name}"]
+    for op in ops:
+        attrs = {
+            k: (hashlib.md5(v).hexdigest()[:12] if isinstance(v, bytes) else v) for k, v in sorted(op.attrs.items())
+        }
+        args = ", ".join(f"{k}={v}" for k, v in op.args.items())
+        lines.append(f"{op.type} {op.name} {op.dims} ({args}) {attrs}")
+    return "\n".join(lines) + "\n"
+
+
+def test_digits_xmodel_golden(tmp_path):
+    model, data = model_and_data()
+    quantizer = _quantize(model, data[:2], [data], tmp_path)
+    golden("digits_xmodel.txt", _text(quantizer.export_xmodel(tmp_path).read_bytes()))
+
+
+def test_dump_xmodel_uses_the_last_quantizer(tmp_path):
+    model, data = model_and_data()
+    quantizer = _quantize(model, data[:2], [data], tmp_path)  # the seed's scripts keep it in a variable
+    path = dump_xmodel(tmp_path / "x")
+    assert quantizer.mode.name == "TEST"
+    assert path.exists() and path.parent.name == "x"
+
+
+def test_fixed_batch_graph_refuses_another_batch(tmp_path):
+    model, data = model_and_data()
+    quantizer = _quantize(model, data[:1], [data[:1]], tmp_path)
+    assert quantizer.export_xmodel(tmp_path).exists()
+    with pytest.raises(NndctError, match="batch size fixed at 1.*batch_size=1"):
+        quantizer.export_xmodel(tmp_path, batch_size=4)
+
+
+def test_export_errors(tmp_path):
+    model, data = model_and_data()
+    calib = torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path)
+    with pytest.raises(NndctError, match="needs the calibrated model.*calib mode"):
+        calib.export_xmodel()
+    with torch.no_grad():
+        calib.quant_model(data)
+    calib.export_quant_config()
+    test = torch_quantizer("test", model, (data[:2],), output_dir=tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputDirError, match="is a file"):
+        test.export_xmodel(tmp_path / "afile")
+
+
+def test_unexpressible_op_becomes_a_reported_custom_op(tmp_path, caplog):
+    class WithNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.LayerNorm([4, 6, 6])
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.cumsum(self.norm(torch.relu(self.conv(x))), dim=1))
+
+    model = WithNorm().eval()
+    x = torch.randn(2, 3, 6, 6)
+    quantizer = _quantize(model, x, [x], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="pytorch_nndct"):
+        path = quantizer.export_xmodel(tmp_path)
+    assert "written as custom ops" in caplog.text
+    _, ops, _ = read_graph(path.read_bytes())
+    custom = [op for op in ops if op.type not in ("data", "const", "fix", "conv2d", "relu")]
+    assert {op.type for op in custom} == {"layer_norm", "aten_cumsum_default"}
+    assert all(op.attrs["data_type"] == "FLOAT32" and op.attrs["shape"] == op.dims for op in custom)
+    check_xmodel(path.read_bytes(), 1)
