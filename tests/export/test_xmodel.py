@@ -55,7 +55,7 @@ def _out_size(i: int, k: int, s: int, d: int, a: int, b: int, mode: str) -> int:
 
 
 def check_xmodel(buf: bytes, batch: int) -> list:
-    name, ops, root = read_graph(buf)
+    _, ops, root = read_graph(buf)
     by_name = {}
     for op in ops:
         assert op.name not in by_name, f"duplicate op {op.name}"
@@ -86,11 +86,16 @@ def check_xmodel(buf: bytes, batch: int) -> list:
             kw, kh = op.attrs["kernel"]
             sw, sh = op.attrs["stride"]
             dw, dh = op.attrs["dilation"]
-            l, r, t, b = op.attrs["pad"]
+            left, right, top, bottom = op.attrs["pad"]
             oc = w[0] if op.type == "conv2d" else w[0] * c
             assert w[1:3] == [kh, kw]
             assert w[3] == (c // op.attrs["group"] if op.type == "conv2d" else c)
-            expected = [n, _out_size(h, kh, sh, dh, t, b, "FLOOR"), _out_size(wd, kw, sw, dw, l, r, "FLOOR"), oc]
+            expected = [
+                n,
+                _out_size(h, kh, sh, dh, top, bottom, "FLOOR"),
+                _out_size(wd, kw, sw, dw, left, right, "FLOOR"),
+                oc,
+            ]
             assert op.dims == expected, (op.name, op.dims, expected)
             if op.args.get("bias"):
                 assert by_name[op.args["bias"][0]].dims == [oc]
@@ -98,9 +103,14 @@ def check_xmodel(buf: bytes, batch: int) -> list:
             n, h, wd, c = inp[0].dims
             kw, kh = op.attrs["kernel"]
             sw, sh = op.attrs["stride"]
-            l, r, t, b = op.attrs["pad"]
+            left, right, top, bottom = op.attrs["pad"]
             mode = op.attrs["pad_mode"]
-            assert op.dims == [n, _out_size(h, kh, sh, 1, t, b, mode), _out_size(wd, kw, sw, 1, l, r, mode), c]
+            assert op.dims == [
+                n,
+                _out_size(h, kh, sh, 1, top, bottom, mode),
+                _out_size(wd, kw, sw, 1, left, right, mode),
+                c,
+            ]
         elif op.type in ("relu", "relu6", "add", "mul", "hard-sigmoid", "hard-swish", "scale"):
             assert op.dims == inp[0].dims
         elif op.type == "concat":
@@ -158,14 +168,14 @@ def test_fixed_batch_graph_refuses_another_batch(tmp_path):
     model, data = model_and_data()
     quantizer = _quantize(model, data[:1], [data[:1]], tmp_path)
     assert quantizer.export_xmodel(tmp_path).exists()
-    with pytest.raises(NndctError, match="batch size fixed at 1.*batch_size=1"):
+    with pytest.raises(NndctError, match=r"batch size fixed at 1.*batch_size=1"):
         quantizer.export_xmodel(tmp_path, batch_size=4)
 
 
 def test_export_errors(tmp_path):
     model, data = model_and_data()
     calib = torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path)
-    with pytest.raises(NndctError, match="needs the calibrated model.*calib mode"):
+    with pytest.raises(NndctError, match=r"needs the calibrated model.*calib mode"):
         calib.export_xmodel()
     with torch.no_grad():
         calib.quant_model(data)

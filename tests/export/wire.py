@@ -48,7 +48,7 @@ def _packed_varints(raw: bytes) -> list[int]:
 
 def attr_value(raw: bytes):
     """Decode an AttrValue (the members a quantizer writes) to a Python value."""
-    ((number, wire, value),) = decode(raw)
+    ((number, _wire, value),) = decode(raw)
     if number == 4:
         return bool(value)
     if number == 5:
@@ -102,7 +102,7 @@ def read_graph(buf: bytes) -> tuple[str, list[XNode], list[str]]:
                 elif n == 5:
                     for k, w, x in decode(v):
                         if k == 2:
-                            node.dims = _packed_varints(x) if w == 2 else node.dims + [x]
+                            node.dims = _packed_varints(x) if w == 2 else [*node.dims, x]
                         elif k == 5:
                             node.data_type = x
                         elif k == 1:
