@@ -7,6 +7,7 @@ unknown types with `shape` and `data_type` attributes) and is reported.
 
 from __future__ import annotations
 
+import ast
 import re
 import struct
 from collections.abc import Callable
@@ -52,15 +53,19 @@ class DeployGraph:
 _NHWC = [0, 2, 3, 1]  # physical (NHWC) dim i holds logical (NCHW) dim _NHWC[i]
 
 
-def _layout(rank: int) -> list[int]:
-    return _NHWC if rank == 4 else list(range(rank))
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}  # fmt: skip
 
 
-def _inverse(order: list[int]) -> list[int]:
-    inv = [0] * len(order)
-    for i, o in enumerate(order):
-        inv[o] = i
-    return inv
+def _evaluate(expr: ast.AST, names: dict[str, int]) -> int:
+    """Integer arithmetic on known names only (no calls, no attributes)."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, int):
+        return expr.value
+    if isinstance(expr, ast.Name) and expr.id in names:
+        return names[expr.id]
+    if isinstance(expr, ast.BinOp) and type(expr.op) in _ARITH:
+        return _ARITH[type(expr.op)](_evaluate(expr.left, names), _evaluate(expr.right, names))
+    raise ValueError(f"cannot evaluate {ast.dump(expr)}")
 
 
 class _Lowering:
@@ -70,31 +75,63 @@ class _Lowering:
         self.value: dict[str, str] = {}  # node name -> XOp name holding its (fixed) value
         self.params: dict[str, str] = {}  # param key -> name of its const (or const fix)
         self.param_specs = {p.key: p.spec for p in plan.params}
+        self.nhwc: set[str] = set()  # nodes whose 4-D value is laid out NHWC (feature maps)
+        self.converted: dict[tuple[str, bool], str] = {}  # (node, want NHWC) -> transposed copy
 
     # ------------------------------------------------------------------ helpers
     def op_name(self, node: Node, suffix: str = "") -> str:
         return sanitize(f"{self.graph.name}::{node.name}") + suffix
 
     def logical_shape(self, node: Node) -> list[int]:
-        if not isinstance(node.meta, TensorMeta):
+        meta = node.meta
+        if isinstance(meta, tuple):  # a multi-output op: describe it by its first tensor
+            meta = next((m for m in meta if isinstance(m, TensorMeta)), None)
+        if not isinstance(meta, TensorMeta):
             raise NndctError(f"{node.where()} has no tensor shape; it cannot be exported")
-        dims = []
-        for d in node.meta.shape:
-            if d == "B":
-                d = self.batch
-            if not isinstance(d, int):
-                raise NndctError(f"{node.where()} has a symbolic dimension {d!r}; export needs concrete shapes")
-            dims.append(d)
-        return dims
+        return [d if isinstance(d, int) else self.concrete(node, d) for d in meta.shape]
+
+    def concrete(self, node: Node, dim: str) -> int:
+        """A symbolic dimension ('B', '12*B', ...) at this export's batch size."""
+        try:
+            return _evaluate(ast.parse(dim, mode="eval").body, {"B": self.batch})
+        except (SyntaxError, ValueError) as exc:
+            raise NndctError(
+                f"{node.where()} has the dimension {dim!r}, which depends on more than the batch size; it cannot be "
+                "exported with fixed shapes"
+            ) from exc
 
     def phys_shape(self, node: Node) -> list[int]:
         dims = self.logical_shape(node)
-        return [dims[i] for i in _layout(len(dims))]
+        return [dims[i] for i in _NHWC] if node.name in self.nhwc else dims
 
     def phys_axis(self, node: Node, dim: int) -> int:
         rank = len(self.logical_shape(node))
         dim = dim % rank
-        return _layout(rank).index(dim)
+        return _NHWC.index(dim) if node.name in self.nhwc else dim
+
+    def value_as(self, src: Node, nhwc: bool) -> str:
+        """src's value laid out NHWC (feature-map ops) or in its logical order (everything else)."""
+        name = self.value[src.name]
+        if (src.name in self.nhwc) == nhwc or len(self.logical_shape(src)) != 4:
+            return name
+        key = (src.name, nhwc)
+        if key not in self.converted:
+            dims = self.logical_shape(src)
+            order = _NHWC if nhwc else [0, 3, 1, 2]
+            shape = [dims[i] for i in _NHWC] if nhwc else dims
+            op = XOp(f"{name}_{'nhwc' if nhwc else 'nchw'}", "transpose", shape, {"order": ("int32_vec", order)},
+                     {"input": [name]}, node=src.name)  # fmt: skip
+            self.converted[key] = self.add(op).name
+        return self.converted[key]
+
+    def inputs(self, node: Node, nhwc: bool | None = None) -> list[str]:
+        """The node's tensor inputs in one layout: `nhwc`, or (None) the layout of its first input."""
+        if nhwc is None:
+            nhwc = self.follows_nhwc(node)
+        return [self.value_as(i, nhwc) for i in node.inputs]
+
+    def follows_nhwc(self, node: Node) -> bool:
+        return bool(node.inputs) and node.inputs[0].name in self.nhwc and len(self.logical_shape(node)) == 4
 
     def add(self, op: XOp) -> XOp:
         self.out.ops.append(op)
@@ -150,22 +187,23 @@ class _Lowering:
                                           node.name)  # fmt: skip
         return self.params[key]
 
-    def emit(self, node: Node, op: XOp) -> None:
+    def emit(self, node: Node, op: XOp, nhwc: bool = False) -> None:
+        """Add the op computing `node` (its shape already in the layout `nhwc`), then its fix if quantized."""
+        if nhwc:
+            self.nhwc.add(node.name)
         op.node = node.name
         self.add(op)
         key = self.plan.tensor_point.get(node.name)
         quantized_here = node.name in self.plan.outputs
         self.value[node.name] = self.fix_after(op, key, node.name) if quantized_here and key else op.name
 
-    def inputs(self, node: Node) -> list[str]:
-        return [self.value[i.name] for i in node.inputs]
-
     def custom(self, node: Node, why: str) -> None:
         name = self.op_name(node)
         shape = self.phys_shape(node)
-        op = XOp(name, node.op.value if node.op is not Op.ATEN else sanitize(node.attrs["target"]), shape,
+        kind = node.op.value if node.op is not Op.ATEN else sanitize(node.attrs["target"])
+        op = XOp(name, f"nndct_{kind}", shape,
                  {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")},
-                 {"input": [self.value[i.name] for i in node.inputs if i.name in self.value]})  # fmt: skip
+                 {"input": [self.value_as(i, False) for i in node.inputs if i.name in self.value]})  # fmt: skip
         self.out.custom[name] = why
         self.emit(node, op)
 
@@ -192,19 +230,25 @@ def lowers(*ops: Op) -> Callable[[Lower], Lower]:
     return register
 
 
+def _spatial(lw: _Lowering, node: Node) -> bool:
+    """Feature-map ops work on NHWC values: mark the node so its shape is written NHWC."""
+    if len(lw.logical_shape(node)) == 4:
+        lw.nhwc.add(node.name)
+        return True
+    return False
+
+
 @lowers(Op.INPUT)
 def _input(lw: _Lowering, node: Node) -> None:
+    nhwc = _spatial(lw, node)
     shape = lw.phys_shape(node)
-    lw.emit(
-        node, XOp(lw.op_name(node), "data", shape, {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")})
-    )
+    attrs = {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")}
+    lw.emit(node, XOp(lw.op_name(node), "data", shape, attrs), nhwc)
 
 
 @lowers(Op.CONST)
 def _const(lw: _Lowering, node: Node) -> None:
-    t = lw.graph.params[node.params["value"]]
-    phys = t.permute(_NHWC) if t.dim() == 4 else t
-    lw.value[node.name] = lw.param(node, "value", lambda _: phys)
+    lw.value[node.name] = lw.param(node, "value")  # logical layout; value_as transposes where needed
 
 
 def _pads(padding: Any, kernel: list[int], dilation: list[int]) -> list[int]:
@@ -229,7 +273,7 @@ def _conv2d(lw: _Lowering, node: Node) -> None:
         weights = lw.param(node, "weight", lambda t: t.permute(1, 2, 3, 0))  # [C,1,kh,kw] -> [1,kh,kw,C]
     else:
         weights = lw.param(node, "weight", lambda t: t.permute(0, 2, 3, 1))  # OIHW -> OHWI
-    args = {"input": [lw.value[node.inputs[0].name]], "weights": [weights], "bias": []}
+    args = {"input": [lw.value_as(node.inputs[0], True)], "weights": [weights], "bias": []}
     if "bias" in node.params:
         args["bias"] = [lw.param(node, "bias")]
     attrs = {
@@ -245,22 +289,39 @@ def _conv2d(lw: _Lowering, node: Node) -> None:
     if not depthwise:
         attrs["group"] = ("int32", a["groups"])
     kind = "depthwise-conv2d" if depthwise else "conv2d"
-    lw.emit(node, XOp(lw.op_name(node), kind, lw.phys_shape(node), attrs, args))
+    _spatial(lw, node)
+    lw.emit(node, XOp(lw.op_name(node), kind, lw.phys_shape(node), attrs, args), True)
 
 
 @lowers(Op.LINEAR)
 def _linear(lw: _Lowering, node: Node) -> None:
-    args = {"input": [lw.value[node.inputs[0].name], lw.param(node, "weight")], "bias": []}
+    args = {"input": [lw.value_as(node.inputs[0], False), lw.param(node, "weight")], "bias": []}
     if "bias" in node.params:
         args["bias"] = [lw.param(node, "bias")]
     attrs = {"transpose_a": ("bool", False), "transpose_b": ("bool", True)}
     lw.emit(node, XOp(lw.op_name(node), "matmul", lw.phys_shape(node), attrs, args))
 
 
+@lowers(Op.MATMUL)
+def _matmul(lw: _Lowering, node: Node) -> None:
+    if any(len(lw.logical_shape(i)) < 2 for i in node.inputs):
+        lw.custom(node, "matmul of a 1-D tensor")
+        return
+    attrs = {"transpose_a": ("bool", False), "transpose_b": ("bool", False)}
+    lw.emit(
+        node, XOp(lw.op_name(node), "matmul", lw.phys_shape(node), attrs, {"input": lw.inputs(node, False), "bias": []})
+    )
+
+
 @lowers(Op.CHANNEL_SCALE)
 def _channel_scale(lw: _Lowering, node: Node) -> None:
-    args = {"input": lw.inputs(node), "scale": [lw.param(node, "weight")], "bias": [lw.param(node, "bias")]}
-    lw.emit(node, XOp(lw.op_name(node), "scale", lw.phys_shape(node), {"axis": ("int32", -1)}, args))
+    rank = len(lw.logical_shape(node))
+    if rank not in (2, 4):
+        lw.custom(node, f"a per-channel scale on a {rank}-D tensor")
+        return
+    nhwc = _spatial(lw, node)
+    args = {"input": lw.inputs(node, nhwc), "scale": [lw.param(node, "weight")], "bias": [lw.param(node, "bias")]}
+    lw.emit(node, XOp(lw.op_name(node), "scale", lw.phys_shape(node), {"axis": ("int32", -1)}, args), nhwc)
 
 
 _ELTWISE = {Op.ADD: "add", Op.SUB: "sub", Op.MUL: "mul"}
@@ -272,19 +333,22 @@ def _eltwise(lw: _Lowering, node: Node) -> None:
     if a.get("alpha", 1) != 1:
         lw.custom(node, f"{node.op.value} with alpha {a['alpha']}")
         return
-    inputs = lw.inputs(node)
+    nhwc = lw.follows_nhwc(node)
+    if nhwc:
+        lw.nhwc.add(node.name)
+    inputs = lw.inputs(node, nhwc)
     if a["other"] is not None:
         inputs.append(lw.const(lw.op_name(node, "_other"), torch.tensor([float(a["other"])]), None, node.name))
-    lw.emit(node, XOp(lw.op_name(node), _ELTWISE[node.op], lw.phys_shape(node), {}, {"input": inputs}))
+    lw.emit(node, XOp(lw.op_name(node), _ELTWISE[node.op], lw.phys_shape(node), {}, {"input": inputs}), nhwc)
 
 
 @lowers(Op.CAT)
 def _cat(lw: _Lowering, node: Node) -> None:
-    axis = lw.phys_axis(node, node.attrs["dim"])
-    lw.emit(
-        node,
-        XOp(lw.op_name(node), "concat", lw.phys_shape(node), {"axis": ("int32", axis)}, {"input": lw.inputs(node)}),
-    )
+    nhwc = lw.follows_nhwc(node)
+    if nhwc:
+        lw.nhwc.add(node.name)
+    attrs = {"axis": ("int32", lw.phys_axis(node, node.attrs["dim"]))}
+    lw.emit(node, XOp(lw.op_name(node), "concat", lw.phys_shape(node), attrs, {"input": lw.inputs(node, nhwc)}), nhwc)
 
 
 def _pool_attrs(kernel: list[int], stride: list[int], padding: list[int], ceil: bool) -> dict[str, tuple[str, Any]]:
@@ -303,7 +367,9 @@ def _max_pool(lw: _Lowering, node: Node) -> None:
         lw.custom(node, "max pooling with dilation")
         return
     attrs = _pool_attrs(a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
-    lw.emit(node, XOp(lw.op_name(node), "maxpool2d", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+    _spatial(lw, node)
+    op = XOp(lw.op_name(node), "maxpool2d", lw.phys_shape(node), attrs, {"input": lw.inputs(node, True)})
+    lw.emit(node, op, True)
 
 
 def _avgpool(lw: _Lowering, node: Node, kernel: list[int], stride: list[int], padding: list[int], ceil: bool,
@@ -312,14 +378,15 @@ def _avgpool(lw: _Lowering, node: Node, kernel: list[int], stride: list[int], pa
     attrs = _pool_attrs(kernel, stride, padding, ceil)
     attrs["count_include_pad"] = ("bool", count_include_pad)
     attrs["global"] = ("bool", is_global)
+    _spatial(lw, node)
     shape = lw.phys_shape(node)
     pool = lw.add(
-        XOp(lw.op_name(node, "_avgpool"), "avgpool2d", shape, attrs, {"input": lw.inputs(node)}, node=node.name)
+        XOp(lw.op_name(node, "_avgpool"), "avgpool2d", shape, attrs, {"input": lw.inputs(node, True)}, node=node.name)
     )
     k = kernel[0] * kernel[1]
     m, s = avgpool_factor(k)
     factor = lw.const(lw.op_name(node, "_factor"), torch.tensor([k * m / 2**s]), None, node.name)
-    lw.emit(node, XOp(lw.op_name(node), "mul", shape, {}, {"input": [pool.name, factor]}))
+    lw.emit(node, XOp(lw.op_name(node), "mul", shape, {}, {"input": [pool.name, factor]}), True)
 
 
 @lowers(Op.AVG_POOL2D)
@@ -355,25 +422,27 @@ _ACTIVATIONS = {
 
 @lowers(*_ACTIVATIONS)
 def _activation(lw: _Lowering, node: Node) -> None:
-    lw.emit(node, XOp(lw.op_name(node), _ACTIVATIONS[node.op], lw.phys_shape(node), {}, {"input": lw.inputs(node)}))
+    nhwc = lw.follows_nhwc(node)
+    if nhwc:
+        lw.nhwc.add(node.name)
+    op = XOp(lw.op_name(node), _ACTIVATIONS[node.op], lw.phys_shape(node), {}, {"input": lw.inputs(node, nhwc)})
+    lw.emit(node, op, nhwc)
 
 
 @lowers(Op.LEAKY_RELU)
 def _leaky_relu(lw: _Lowering, node: Node) -> None:
+    nhwc = lw.follows_nhwc(node)
+    if nhwc:
+        lw.nhwc.add(node.name)
     attrs = {"alpha": ("float", DPU_LEAKY_SLOPE)}
-    lw.emit(node, XOp(lw.op_name(node), "leaky-relu", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+    op = XOp(lw.op_name(node), "leaky-relu", lw.phys_shape(node), attrs, {"input": lw.inputs(node, nhwc)})
+    lw.emit(node, op, nhwc)
 
 
 @lowers(Op.SOFTMAX)
 def _softmax(lw: _Lowering, node: Node) -> None:
     attrs = {"axis": ("int32", lw.phys_axis(node, node.attrs["dim"]))}
-    lw.emit(node, XOp(lw.op_name(node), "softmax", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
-
-
-def _physical_order(in_rank: int, logical_perm: list[int]) -> list[int]:
-    """The XIR transpose order that does `permute(logical_perm)` on NHWC-laid-out tensors."""
-    lx, ly = _layout(in_rank), _layout(len(logical_perm))
-    return [lx.index(logical_perm[ly[i]]) for i in range(len(logical_perm))]
+    lw.emit(node, XOp(lw.op_name(node), "softmax", lw.phys_shape(node), attrs, {"input": lw.inputs(node, False)}))
 
 
 @lowers(Op.PERMUTE, Op.TRANSPOSE)
@@ -385,37 +454,23 @@ def _permute(lw: _Lowering, node: Node) -> None:
         perm = list(range(rank))
         d0, d1 = node.attrs["dim0"] % rank, node.attrs["dim1"] % rank
         perm[d0], perm[d1] = perm[d1], perm[d0]
-    order = _physical_order(rank, perm)
-    if order == list(range(rank)) and node.name not in lw.plan.outputs:
-        lw.value[node.name] = lw.value[node.inputs[0].name]
-        return
-    attrs = {"order": ("int32_vec", order)}
-    lw.emit(node, XOp(lw.op_name(node), "transpose", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+    attrs = {"order": ("int32_vec", perm)}
+    lw.emit(node, XOp(lw.op_name(node), "transpose", lw.phys_shape(node), attrs, {"input": lw.inputs(node, False)}))
 
 
 @lowers(Op.FLATTEN, Op.RESHAPE, Op.CONTIGUOUS, Op.UNSQUEEZE, Op.SQUEEZE)
 def _reshape(lw: _Lowering, node: Node) -> None:
-    src_node = node.inputs[0]
-    in_logical = lw.logical_shape(src_node)
-    out_logical = lw.logical_shape(node)
-    src = lw.value[src_node.name]
-    if in_logical == out_logical and node.name not in lw.plan.outputs:
-        lw.value[node.name] = src
+    src = node.inputs[0]
+    if lw.logical_shape(src) == lw.logical_shape(node) and node.name not in lw.plan.outputs:
+        lw.value[node.name] = lw.value[src.name]
+        if src.name in lw.nhwc:
+            lw.nhwc.add(node.name)
         return
-    # go to the logical (NCHW) order, reshape, come back to the physical layout of the result
-    if len(in_logical) == 4 and in_logical[2] * in_logical[3] > 1:
-        nchw = [in_logical[i] for i in range(4)]
-        src = lw.add(XOp(lw.op_name(node, "_t"), "transpose", nchw, {"order": ("int32_vec", [0, 3, 1, 2])},
-                         {"input": [src]}, node=node.name)).name  # fmt: skip
-    if len(out_logical) == 4 and out_logical[2] * out_logical[3] > 1:
-        reshaped = lw.add(XOp(lw.op_name(node, "_r"), "reshape", out_logical, {"shape": ("int32_vec", out_logical)},
-                              {"input": [src]}, node=node.name))  # fmt: skip
-        op = XOp(lw.op_name(node), "transpose", lw.phys_shape(node), {"order": ("int32_vec", _NHWC)},
-                 {"input": [reshaped.name]})  # fmt: skip
-    else:
-        shape = lw.phys_shape(node)
-        op = XOp(lw.op_name(node), "reshape", shape, {"shape": ("int32_vec", shape)}, {"input": [src]})
-    lw.emit(node, op)
+    dims = lw.logical_shape(src)
+    same_order = src.name in lw.nhwc and dims[2] * dims[3] == 1  # NHWC and NCHW agree when H = W = 1
+    source = lw.value[src.name] if same_order else lw.value_as(src, False)
+    shape = lw.phys_shape(node)
+    lw.emit(node, XOp(lw.op_name(node), "reshape", shape, {"shape": ("int32_vec", shape)}, {"input": [source]}))
 
 
 @lowers(Op.SIZE, Op.SCALAR)
@@ -425,11 +480,17 @@ def _shape_arithmetic(lw: _Lowering, node: Node) -> None:
 
 @lowers(Op.MEAN)
 def _mean(lw: _Lowering, node: Node) -> None:
-    rank = len(lw.logical_shape(node.inputs[0]))
+    src = node.inputs[0]
+    rank = len(lw.logical_shape(src))
     dims = node.attrs["dim"] if node.attrs["dim"] is not None else list(range(rank))
-    axes = sorted(_layout(rank).index(d % rank) for d in dims)
-    attrs = {"axis": ("int32_vec", axes), "keep_dims": ("bool", bool(node.attrs["keepdim"]))}
-    lw.emit(node, XOp(lw.op_name(node), "reduction_mean", lw.phys_shape(node), attrs, {"input": lw.inputs(node)}))
+    keep = bool(node.attrs["keepdim"])
+    nhwc = src.name in lw.nhwc and keep  # a keep-dims mean of a feature map stays a feature map
+    axes = sorted((_NHWC.index(d % rank) if nhwc else d % rank) for d in dims)
+    if nhwc:
+        lw.nhwc.add(node.name)
+    attrs = {"axis": ("int32_vec", axes), "keep_dims": ("bool", keep)}
+    op = XOp(lw.op_name(node), "reduction_mean", lw.phys_shape(node), attrs, {"input": lw.inputs(node, nhwc)})
+    lw.emit(node, op, nhwc)
 
 
 def fixed_batch(graph: Graph) -> int | None:
