@@ -1,0 +1,221 @@
+"""A reference run of the deploy graph: executes the XIR ops we write, as a DPU would compute them.
+
+It proves the exported graph (layouts, weight orders, pads, fix positions) computes what the quantized
+simulation computes. Values are float tensors on the fix-point grid; every `fix` op rounds with the DPU's
+round-half-up. Average pooling followed by its factor `mul` is computed as the DPU does: the exact window
+sum times M / 2^S. Custom ops (no XIR equivalent) cannot run here; the run names them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import NndctError
+from ..quant.primitives import fake_quantize
+from ..quant.spec import QuantSpec, RoundMode
+from .deploy import DeployGraph, XOp
+
+__all__ = ["EXECUTORS", "run_deploy_graph"]
+
+Env = dict[str, torch.Tensor]
+Executor = Callable[[XOp, Env, "_Run"], torch.Tensor]
+EXECUTORS: dict[str, Executor] = {}
+
+
+def executes(*types: str) -> Callable[[Executor], Executor]:
+    def register(fn: Executor) -> Executor:
+        for t in types:
+            EXECUTORS[t] = fn
+        return fn
+
+    return register
+
+
+class _Run:
+    def __init__(self, deploy: DeployGraph) -> None:
+        self.deploy = deploy
+        self.window_sums: dict[str, tuple[torch.Tensor, int]] = {}  # avgpool op -> (exact sum, kernel area)
+
+    def attr(self, op: XOp, key: str, default: Any = None) -> Any:
+        return op.attrs[key][1] if key in op.attrs else default
+
+
+def _arg(op: XOp, env: Env, name: str = "input", k: int = 0) -> torch.Tensor:
+    return env[op.args[name][k]]
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+@executes("const")
+def _const(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    data = run.attr(op, "data")
+    values = struct.unpack(f"<{len(data) // 4}f", data)
+    return torch.tensor(values, dtype=torch.float32).reshape(run.attr(op, "shape"))
+
+
+@executes("fix")
+def _fix(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    bw, fp = op.fix
+    return fake_quantize(_arg(op, env), QuantSpec(bw, True, RoundMode.HALF_UP, fp))
+
+
+def _conv_common(op: XOp, env: Env, run: _Run, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    x = _nchw(_arg(op, env))
+    left, right, top, bottom = run.attr(op, "pad")
+    sw, sh = run.attr(op, "stride")
+    dw, dh = run.attr(op, "dilation", [1, 1])
+    bias = env[op.args["bias"][0]] if op.args.get("bias") else None
+    if left == right and top == bottom:
+        y = F.conv2d(x, weight, bias, (sh, sw), (top, left), (dh, dw), groups)
+    else:
+        y = F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, (sh, sw), 0, (dh, dw), groups)
+    return _nhwc(y)
+
+
+@executes("conv2d")
+def _conv2d(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    w = _arg(op, env, "weights").permute(0, 3, 1, 2)  # OHWI -> OIHW
+    return _conv_common(op, env, run, w, run.attr(op, "group", 1))
+
+
+@executes("depthwise-conv2d")
+def _depthwise(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    w = _arg(op, env, "weights")  # [1, kh, kw, C]
+    return _conv_common(op, env, run, w.permute(3, 0, 1, 2), w.shape[3])
+
+
+@executes("matmul")
+def _matmul(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    a, b = _arg(op, env, k=0), _arg(op, env, k=1)
+    if run.attr(op, "transpose_a"):
+        a = a.transpose(-1, -2)
+    if run.attr(op, "transpose_b"):
+        b = b.transpose(-1, -2)
+    if op.args.get("bias") and b.dim() == 2:
+        return F.linear(a, b.t(), env[op.args["bias"][0]])
+    y = torch.matmul(a, b)
+    return y + env[op.args["bias"][0]] if op.args.get("bias") else y
+
+
+_BINARY = {"add": torch.add, "sub": torch.sub}
+
+
+@executes("add", "sub")
+def _binary(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    a, b = (env[n] for n in op.args["input"])
+    return _BINARY[op.type](a, b)
+
+
+@executes("mul")
+def _mul(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    a_name, b_name = op.args["input"]
+    if a_name in run.window_sums:  # the DPU's average: window sum * M / 2^S
+        window_sum, k = run.window_sums[a_name]
+        return window_sum * (env[b_name] / k)
+    return env[a_name] * env[b_name]
+
+
+@executes("concat")
+def _concat(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return torch.cat([env[n] for n in op.args["input"]], dim=run.attr(op, "axis"))
+
+
+def _pool_args(op: XOp, run: _Run) -> tuple:
+    kw, kh = run.attr(op, "kernel")
+    sw, sh = run.attr(op, "stride")
+    left, right, top, bottom = run.attr(op, "pad", [0, 0, 0, 0])
+    if left != right or top != bottom:
+        raise NndctError(f"{op.name}: asymmetric pooling pads are not supported by the reference run")
+    return (kh, kw), (sh, sw), (top, left), run.attr(op, "pad_mode") == "CEIL"
+
+
+@executes("maxpool2d")
+def _maxpool(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    k, s, p, ceil = _pool_args(op, run)
+    return _nhwc(F.max_pool2d(_nchw(_arg(op, env)), k, s, p, ceil_mode=ceil))
+
+
+@executes("avgpool2d")
+def _avgpool(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    k, s, p, ceil = _pool_args(op, run)
+    x = _nchw(_arg(op, env))
+    window_sum = F.avg_pool2d(x, k, s, p, ceil, True, divisor_override=1)
+    run.window_sums[op.name] = (_nhwc(window_sum), k[0] * k[1])
+    return _nhwc(F.avg_pool2d(x, k, s, p, ceil, run.attr(op, "count_include_pad", True)))
+
+
+_UNARY: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": torch.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "swish": F.silu,
+    "hard-sigmoid": lambda x: F.relu6(x + 3.0) * (2731.0 / 16384.0),
+    "hard-swish": lambda x: x
+    * fake_quantize(F.relu6(x + 3.0) * (2731.0 / 16384.0), QuantSpec(8, True, RoundMode.HALF_UP, 7)),
+}
+
+
+@executes(*_UNARY)
+def _unary(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _UNARY[op.type](_arg(op, env))
+
+
+@executes("leaky-relu")
+def _leaky(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return F.leaky_relu(_arg(op, env), run.attr(op, "alpha"))
+
+
+@executes("softmax")
+def _softmax(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return torch.softmax(_arg(op, env), run.attr(op, "axis"))
+
+
+@executes("reshape")
+def _reshape(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _arg(op, env).reshape(run.attr(op, "shape"))
+
+
+@executes("transpose")
+def _transpose(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _arg(op, env).permute(run.attr(op, "order"))
+
+
+@executes("reduction_mean")
+def _mean(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _arg(op, env).mean(dim=run.attr(op, "axis"), keepdim=run.attr(op, "keep_dims"))
+
+
+@executes("scale")
+def _scale(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _arg(op, env) * env[op.args["scale"][0]] + env[op.args["bias"][0]]
+
+
+def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Execute the deploy graph on `inputs` (logical NCHW tensors, in data-op order); returns every op's value."""
+    run = _Run(deploy)
+    env: Env = {}
+    pending = list(inputs)
+    for op in deploy.ops:
+        if op.type == "data":
+            if not pending:
+                raise NndctError(f"the deploy graph has more inputs than the {len(inputs)} given")
+            x = pending.pop(0).to(torch.float32)
+            env[op.name] = _nhwc(x) if x.dim() == 4 else x
+            continue
+        fn = EXECUTORS.get(op.type)
+        if fn is None:
+            raise NndctError(f"{op.name}: the reference run cannot execute {op.type!r} (no XIR equivalent)")
+        env[op.name] = fn(op, env, run)
+    return env

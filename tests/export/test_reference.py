@@ -1,0 +1,35 @@
+"""The deploy graph, executed op by op as the DPU computes it, equals the quantized simulation bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_xmodel import CASES, _quantize
+
+from pytorch_nndct.errors import NndctError
+from pytorch_nndct.export.deploy import lower
+from pytorch_nndct.export.reference import run_deploy_graph
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_deploy_graph_equals_simulation(case, tmp_path):
+    model, example, batches = CASES[case]()
+    quantizer = _quantize(model, example, batches, tmp_path)
+    x = torch.randn(3, *example.shape[1:])
+    with torch.no_grad():
+        simulated = quantizer.quant_model(x)
+    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table, batch=3)
+    values = run_deploy_graph(deploy, [x])
+    out = values[deploy.ops[-1].name]
+    if out.shape != simulated.shape:  # a feature-map output is laid out NHWC in the deploy graph
+        simulated = simulated.permute(0, 2, 3, 1)
+    assert torch.equal(out, simulated), f"max |diff| {(out - simulated).abs().max().item()}"
+
+
+def test_custom_ops_cannot_run(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GELU(), torch.nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    quantizer = _quantize(model, x, [x], tmp_path)
+    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table)
+    with pytest.raises(NndctError, match="cannot execute 'nndct_gelu'"):
+        run_deploy_graph(deploy, [x[:1]])
