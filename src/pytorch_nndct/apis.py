@@ -18,6 +18,7 @@ import torch
 from .codegen import load_module, prepare_output_dir, write_module
 from .errors import InputError, NndctError
 from .export.deploy import lower
+from .export.deploy_check import write_deploy_check
 from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
 from .export.xmodel import write_xmodel
 from .ir.trace import trace
@@ -135,6 +136,8 @@ class torch_quantizer:
         if self.mode is Mode.TEST:
             self._load_config()
         _LAST["quantizer"] = weakref.ref(self)
+        self._last_inputs: tuple | None = None  # the last test-mode input, for deploy_check data
+        self._model.register_forward_pre_hook(self._remember_inputs)
         n_param = len(self.plan.params)
         log.info(
             "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
@@ -179,10 +182,13 @@ class torch_quantizer:
                 "Fix: calibrate and export_quant_config() first, then create the quantizer with quant_mode='test' "
                 "and export from it."
             )
-        if deploy_check:
-            raise NndctError("deploy_check data is not supported yet; call export_xmodel(deploy_check=False).")
         deploy = lower(self.graph, self.plan, self.table, batch_size)
-        path = write_xmodel(deploy, output_dir if output_dir is not None else self.output_dir)
+        out_dir = output_dir if output_dir is not None else self.output_dir
+        check_inputs = self._deploy_check_inputs(deploy) if deploy_check else None
+        path = write_xmodel(deploy, out_dir)
+        if check_inputs is not None:
+            folder = write_deploy_check(deploy, check_inputs, out_dir)
+            log.info("pytorch_nndct: wrote deploy_check data to %s", folder)
         if deploy.custom:
             log.warning(
                 "pytorch_nndct: %d op(s) have no XIR equivalent and were written as custom ops: %s",
@@ -193,6 +199,24 @@ class torch_quantizer:
         return path
 
     # ------------------------------------------------------------------ internals
+    def _deploy_check_inputs(self, deploy: Any) -> list[torch.Tensor]:
+        if self._last_inputs is None:
+            raise NndctError(
+                "deploy_check needs one input to record: run quantizer.quant_model(x) in test mode once, then export."
+            )
+        leaves, _ = torch.utils._pytree.tree_flatten(self._last_inputs)
+        tensors = [t.detach().cpu() for t in leaves if isinstance(t, torch.Tensor)]
+        batch = next(op.shape[0] for op in deploy.ops if op.type == "data")
+        if any(t.shape[0] < batch for t in tensors):
+            raise NndctError(
+                f"deploy_check at batch size {batch} needs a test-mode forward with at least {batch} samples"
+            )
+        return [t[:batch] for t in tensors]
+
+    def _remember_inputs(self, module: torch.nn.Module, args: tuple) -> None:
+        if self.state.mode is Mode.TEST:
+            self._last_inputs = args
+
     def _expected_table(self) -> QuantTable:
         table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
         for p in self.plan.params:

@@ -211,3 +211,32 @@ def test_unexpressible_op_becomes_a_reported_custom_op(tmp_path, caplog):
     assert "transpose" in {op.type for op in ops}  # the feature map goes back to NCHW before the float ops
     assert all(op.attrs["data_type"] == "FLOAT32" and op.attrs["shape"] == op.dims for op in custom)
     check_xmodel(path.read_bytes(), 1)
+
+
+def test_deploy_check_files_equal_the_reference_run(tmp_path):
+    import numpy as np
+
+    from pytorch_nndct.export.deploy import lower
+    from pytorch_nndct.export.reference import run_deploy_graph
+
+    model, data = model_and_data()
+    quantizer = _quantize(model, data[:2], [data], tmp_path)
+    with pytest.raises(NndctError, match=r"run quantizer\.quant_model"):
+        quantizer.export_xmodel(deploy_check=True)
+    with torch.no_grad():
+        quantizer.quant_model(data[5:9])
+    quantizer.export_xmodel(deploy_check=True)
+    folder = tmp_path / "deploy_check_data_int" / "DigitsNet"
+    shapes = dict(line.split(": ")[::-1] for line in (folder / "shape.txt").read_text().splitlines())
+    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table, 1)
+    expected = run_deploy_graph(deploy, [data[5:6]])
+    assert set(shapes) == {op.name for op in deploy.ops}
+    for op in deploy.ops:
+        raw = (folder / f"{op.name}.bin").read_bytes()
+        value = expected[op.name]
+        assert shapes[op.name] == str(list(value.shape))
+        if op.fix is not None:
+            ints = np.frombuffer(raw, dtype=np.int8).astype(np.float64)
+            assert np.array_equal(ints * 2.0 ** -op.fix[1], value.double().reshape(-1).numpy()), op.name
+        else:
+            assert np.array_equal(np.frombuffer(raw, dtype=np.float32), value.reshape(-1).numpy()), op.name

@@ -162,8 +162,9 @@ _UNARY: dict[str, Callable[..., torch.Tensor]] = {
     "tanh": torch.tanh,
     "swish": F.silu,
     "hard-sigmoid": lambda x: F.relu6(x + 3.0) * (2731.0 / 16384.0),
-    "hard-swish": lambda x: x
-    * fake_quantize(F.relu6(x + 3.0) * (2731.0 / 16384.0), QuantSpec(8, True, RoundMode.HALF_UP, 7)),
+    "hard-swish": lambda x: (
+        x * fake_quantize(F.relu6(x + 3.0) * (2731.0 / 16384.0), QuantSpec(8, True, RoundMode.HALF_UP, 7))
+    ),
 }
 
 
