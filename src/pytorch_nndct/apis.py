@@ -19,6 +19,7 @@ from .codegen import load_module, prepare_output_dir, write_module
 from .errors import InputError, NndctError
 from .export.deploy import lower
 from .export.deploy_check import write_deploy_check
+from .export.partition import format_partition, partition
 from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
 from .export.xmodel import write_xmodel
 from .ir.trace import trace
@@ -197,6 +198,12 @@ class torch_quantizer:
             )
         log.info("pytorch_nndct: wrote %s (%d ops)", path, len(deploy.ops))
         return path
+
+    def partition_report(self, batch_size: int | None = None) -> str:
+        """Which ops a DPU would run and which stay on the CPU, with the reason for each (text table)."""
+        table = self.table if self.table is not None else self._expected_table()
+        deploy = lower(self.graph, self.plan, table, batch_size)
+        return format_partition(partition(self.graph, self.plan, deploy))
 
     # ------------------------------------------------------------------ internals
     def _deploy_check_inputs(self, deploy: Any) -> list[torch.Tensor]:

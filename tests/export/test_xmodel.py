@@ -240,3 +240,23 @@ def test_deploy_check_files_equal_the_reference_run(tmp_path):
             assert np.array_equal(ints * 2.0 ** -op.fix[1], value.double().reshape(-1).numpy()), op.name
         else:
             assert np.array_equal(np.frombuffer(raw, dtype=np.float32), value.reshape(-1).numpy()), op.name
+
+
+def test_partition_report(tmp_path):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.LayerNorm([4, 6, 6])
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.sigmoid(self.norm(torch.relu(self.conv(x)))))
+
+    x = torch.randn(2, 3, 6, 6)
+    quantizer = _quantize(Mixed().eval(), x, [x], tmp_path)
+    report = quantizer.partition_report()
+    lines = {line.split()[0]: line for line in report.splitlines()[1:-1]}
+    assert "DPU" in lines["conv2d_1"] and "DPU" in lines["conv2d_5"] and "DPU" in lines["input_0"]
+    assert "CPU" in lines["layer_norm_3"] and "CPU" in lines["sigmoid_4"]
+    assert report.splitlines()[-1] == "4 of 6 ops on the DPU, 2 on the CPU"
