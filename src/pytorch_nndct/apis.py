@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from .codegen import load_module, prepare_output_dir, write_module
+from .codegen import load_module, prepare_output_dir, write_atomic, write_module
 from .errors import InputError, NndctError
-from .export.deploy import lower
+from .export.deploy import lower, sanitize
 from .export.deploy_check import write_deploy_check
+from .export.onnx_qdq import build_onnx
 from .export.partition import format_partition, partition
 from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
 from .export.xmodel import write_xmodel
@@ -197,6 +198,20 @@ class torch_quantizer:
                 "; ".join(f"{k} ({v})" for k, v in list(deploy.custom.items())[:10]),
             )
         log.info("pytorch_nndct: wrote %s (%d ops)", path, len(deploy.ops))
+        return path
+
+    def export_onnx_model(self, output_dir: str | os.PathLike | None = None) -> Path:
+        """Test mode: write `<Model>_int.onnx` with QuantizeLinear/DequantizeLinear pairs (SPEC 6)."""
+        if self.mode is not Mode.TEST:
+            raise NndctError(
+                f"export_onnx_model() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} "
+                "mode. Fix: create the quantizer with quant_mode='test' after calibration and export from it."
+            )
+        model = build_onnx(self.graph, self.plan, self.table)
+        out = prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
+        path = out / f"{sanitize(self.graph.name)}_int.onnx"
+        write_atomic({path: model.SerializeToString()})
+        log.info("pytorch_nndct: wrote %s", path)
         return path
 
     def partition_report(self, batch_size: int | None = None) -> str:

@@ -1,0 +1,335 @@
+"""ONNX export in QDQ form (SPEC 6): every quantization point is QuantizeLinear -> DequantizeLinear with
+scale 2^-fp (activations as uint8 with zero point 128, the same grid as int8 with zero point 0); weights are int8 initializers followed by DequantizeLinear; a bias is an
+int32 initializer at the scale of input x weight (its 8-bit value shifted, exact), so onnxruntime can fuse
+conv / matmul into integer kernels.
+
+ONNX rounds ties to even where the DPU rounds half up, so outputs can differ from our simulation by one
+LSB at exact ties. Ops with no ONNX lowering here are refused with the node's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import NndctError
+from ..ir.graph import Graph, Node, TensorMeta
+from ..ir.ops import Op
+from ..quant.plan import QuantPlan
+from ..quant.primitives import avgpool_factor, quantize
+from ..quant.table import QuantTable
+
+__all__ = ["ONNX_LOWERINGS", "build_onnx"]
+
+OPSET = 17
+
+
+class _Builder:
+    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable) -> None:
+        import onnx
+        from onnx import helper
+
+        self.onnx, self.helper = onnx, helper
+        self.graph, self.plan, self.table = graph, plan, table
+        self.nodes: list = []
+        self.inits: list = []
+        self.value: dict[str, str] = {}
+        self.param_specs = {p.key: p.spec for p in plan.params}
+        self.done_params: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def add(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
+        self.nodes.append(self.helper.make_node(op_type, inputs, [name], name=name, **attrs))
+        return name
+
+    def scale(self, fp: int) -> str:
+        name = f"scale_2^-{fp}"
+        if name not in {i.name for i in self.inits}:
+            self.init(name, np.array(math.ldexp(1.0, -fp), dtype=np.float32))
+        return name
+
+    def zero(self, dtype: type) -> str:
+        name = f"zero_{np.dtype(dtype).name}"
+        if name not in {i.name for i in self.inits}:
+            self.init(name, np.array(0, dtype=dtype))
+        return name
+
+    def qdq(self, src: str, bw: int, fp: int, name: str) -> str:
+        """Activations: the signed 8-bit grid [-128, 127] * 2^-fp written as uint8 with zero point 128 (the
+        same values), the form onnxruntime fuses into integer kernels on x86."""
+        if bw > 8:
+            raise NndctError(f"{name}: ONNX export supports bit widths up to 8, got {bw}")
+        zp = "zero_uint8_128"
+        if zp not in {i.name for i in self.inits}:
+            self.init(zp, np.array(128, dtype=np.uint8))
+        q = self.add("QuantizeLinear", [src, self.scale(fp), zp], f"{name}_q")
+        return self.add("DequantizeLinear", [q, self.scale(fp), zp], f"{name}_dq")
+
+    def weight(self, node: Node, role: str) -> str:
+        key = node.params[role]
+        if key not in self.done_params:
+            t = self.graph.params[key].detach().float()
+            spec = self.param_specs.get(key)
+            fp = self.table.params[key].fix_pos if key in self.table.params else None
+            if spec is None or fp is None:
+                self.done_params[key] = self.init(key, t.numpy())
+            else:
+                q = quantize(t, spec.with_fix_pos(fp)).numpy().astype(np.int8)
+                self.init(f"{key}_int8", q)
+                dq_inputs = [f"{key}_int8", self.scale(fp), self.zero(np.int8)]
+                self.done_params[key] = self.add("DequantizeLinear", dq_inputs, f"{key}_dq")
+        return self.done_params[key]
+
+    def bias(self, node: Node, x: Node) -> str | None:
+        """The bias as int32 at the scale input x weight (exact for the usual shift_bias >= 0)."""
+        if "bias" not in node.params:
+            return None
+        key, w_key = node.params["bias"], node.params["weight"]
+        fp_b = self.table.params.get(key).fix_pos if key in self.table.params else None
+        fp_w = self.table.params.get(w_key).fix_pos if w_key in self.table.params else None
+        fp_x = self.table.fix_pos(self.plan.tensor_point.get(x.name, "")) if x.name in self.plan.tensor_point else None
+        if None in (fp_b, fp_w, fp_x) or fp_w + fp_x < fp_b:
+            return self.weight(node, "bias")
+        q = quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
+        q32 = (q.double() * 2.0 ** (fp_w + fp_x - fp_b)).numpy().astype(np.int32)
+        name = f"{key}_int32"
+        if name not in {i.name for i in self.inits}:
+            self.init(name, q32)
+            self.init(f"scale_{name}", np.array(math.ldexp(1.0, -(fp_w + fp_x)), dtype=np.float32))
+            self.add("DequantizeLinear", [name, f"scale_{name}", self.zero(np.int32)], f"{key}_dq32")
+        return f"{key}_dq32"
+
+    def emit(self, node: Node, out: str) -> None:
+        key = self.plan.tensor_point.get(node.name)
+        if node.name in self.plan.outputs or self._feeds_group_relu(node):
+            spec = self.table.outputs[key]
+            if spec.fix_pos is not None:
+                out = self.qdq(out, spec.bitwidth, spec.fix_pos, node.name)
+        self.value[node.name] = out
+
+    def _feeds_group_relu(self, node: Node) -> bool:
+        """conv -> relu shares one point after the relu; quantizing before the relu as well gives the same
+        values (relu and round commute, 0 and 6 are on the grid) and lets onnxruntime fuse DQ-conv-Q."""
+        if len(node.users) != 1 or node.op in (Op.RELU, Op.RELU6):
+            return False
+        user = node.users[0]
+        key = self.plan.tensor_point.get(node.name)
+        return user.op in (Op.RELU, Op.RELU6) and key is not None and key == user.name and key in self.table.outputs
+
+    def inp(self, node: Node, k: int = 0) -> str:
+        return self.value[node.inputs[k].name]
+
+
+OnnxLower = Callable[[_Builder, Node], None]
+ONNX_LOWERINGS: dict[Op, OnnxLower] = {}
+
+
+def onnx_lowers(*ops: Op) -> Callable[[OnnxLower], OnnxLower]:
+    def register(fn: OnnxLower) -> OnnxLower:
+        for op in ops:
+            ONNX_LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+@onnx_lowers(Op.CONST)
+def _const(b: _Builder, node: Node) -> None:
+    b.value[node.name] = b.weight(node, "value")
+
+
+@onnx_lowers(Op.CONV1D, Op.CONV2D, Op.CONV3D)
+def _conv(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    if isinstance(a["padding"], str):
+        raise NndctError(f"{node.where()}: string padding {a['padding']!r} is not exported to ONNX yet")
+    w = b.weight(node, "weight")
+    inputs = [b.inp(node), w] + ([bias] if (bias := b.bias(node, node.inputs[0])) else [])
+    pads = list(a["padding"]) * 2
+    out = b.add("Conv", inputs, node.name, strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]),
+                group=a["groups"])  # fmt: skip
+    b.emit(node, out)
+
+
+@onnx_lowers(Op.LINEAR)
+def _linear(b: _Builder, node: Node) -> None:
+    w = b.weight(node, "weight")
+    wt = b.add("Transpose", [w], f"{node.name}_wT", perm=[1, 0])
+    out = b.add("MatMul", [b.inp(node), wt], f"{node.name}_mm")
+    bias = b.bias(node, node.inputs[0])
+    if bias:
+        out = b.add("Add", [out, bias], node.name)
+    b.emit(node, out)
+
+
+@onnx_lowers(Op.CHANNEL_SCALE)
+def _channel_scale(b: _Builder, node: Node) -> None:
+    rank = len(node.meta.shape)
+    shape = np.array([1, -1] + [1] * (rank - 2), dtype=np.int64)
+    sh = b.init(f"{node.name}_shape", shape)
+    s = b.add("Reshape", [b.weight(node, "weight"), sh], f"{node.name}_s")
+    t = b.add("Reshape", [b.weight(node, "bias"), sh], f"{node.name}_t")
+    b.emit(node, b.add("Add", [b.add("Mul", [b.inp(node), s], f"{node.name}_mul"), t], node.name))
+
+
+_BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div"}
+
+
+@onnx_lowers(*_BINARY)
+def _binary(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    if a.get("alpha", 1) != 1 or a.get("rounding_mode") is not None:
+        raise NndctError(f"{node.where()}: {node.op.value} with alpha/rounding_mode is not exported to ONNX yet")
+    other = b.value[node.inputs[1].name] if a["other"] is None else b.init(
+        f"{node.name}_other", np.array(a["other"], dtype=np.float32))  # fmt: skip
+    b.emit(node, b.add(_BINARY[node.op], [b.inp(node), other], node.name))
+
+
+_UNARY = {Op.RELU: "Relu", Op.SIGMOID: "Sigmoid", Op.TANH: "Tanh"}
+
+
+@onnx_lowers(*_UNARY)
+def _unary(b: _Builder, node: Node) -> None:
+    b.emit(node, b.add(_UNARY[node.op], [b.inp(node)], node.name))
+
+
+def _clip(b: _Builder, src: str, lo: float, hi: float, name: str) -> str:
+    lo_name = b.init(f"{name}_lo", np.array(lo, np.float32))
+    return b.add("Clip", [src, lo_name, b.init(f"{name}_hi", np.array(hi, np.float32))], name)
+
+
+@onnx_lowers(Op.RELU6, Op.HARDTANH)
+def _clamp(b: _Builder, node: Node) -> None:
+    lo, hi = (0.0, 6.0) if node.op is Op.RELU6 else (node.attrs["min_val"], node.attrs["max_val"])
+    b.emit(node, _clip(b, b.inp(node), lo, hi, node.name))
+
+
+@onnx_lowers(Op.LEAKY_RELU)
+def _leaky(b: _Builder, node: Node) -> None:
+    b.emit(node, b.add("LeakyRelu", [b.inp(node)], node.name, alpha=26 / 256))
+
+
+def _hsig(b: _Builder, src: str, name: str) -> str:
+    three = b.init(f"{name}_three", np.array(3.0, np.float32))
+    k = b.init(f"{name}_k", np.array(2731.0 / 16384.0, np.float32))
+    return b.add("Mul", [_clip(b, b.add("Add", [src, three], f"{name}_add"), 0.0, 6.0, f"{name}_r6"), k], name)
+
+
+@onnx_lowers(Op.HARDSIGMOID)
+def _hardsigmoid(b: _Builder, node: Node) -> None:
+    b.emit(node, _hsig(b, b.inp(node), node.name))
+
+
+@onnx_lowers(Op.HARDSWISH)
+def _hardswish(b: _Builder, node: Node) -> None:
+    h = b.qdq(_hsig(b, b.inp(node), f"{node.name}_hsig"), 8, 7, f"{node.name}_hsig")
+    b.emit(node, b.add("Mul", [b.inp(node), h], node.name))
+
+
+@onnx_lowers(Op.CAT)
+def _cat(b: _Builder, node: Node) -> None:
+    b.emit(node, b.add("Concat", [b.value[i.name] for i in node.inputs], node.name, axis=node.attrs["dim"]))
+
+
+@onnx_lowers(Op.MAX_POOL2D)
+def _maxpool(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    out = b.add("MaxPool", [b.inp(node)], node.name, kernel_shape=list(a["kernel_size"]), strides=list(a["stride"]),
+                pads=list(a["padding"]) * 2, dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))  # fmt: skip
+    b.emit(node, out)
+
+
+def _dpu_avg(b: _Builder, node: Node, pooled: str, k: int) -> None:
+    m, s = avgpool_factor(k)
+    factor = b.init(f"{node.name}_factor", np.array(k * m / 2**s, np.float32))
+    b.emit(node, b.add("Mul", [pooled, factor], node.name))
+
+
+@onnx_lowers(Op.AVG_POOL2D)
+def _avgpool(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    if a["divisor_override"] is not None:
+        raise NndctError(f"{node.where()}: average pooling with divisor_override is not exported to ONNX")
+    pooled = b.add("AveragePool", [b.inp(node)], f"{node.name}_avg", kernel_shape=list(a["kernel_size"]),
+                   strides=list(a["stride"]), pads=list(a["padding"]) * 2, ceil_mode=int(a["ceil_mode"]),
+                   count_include_pad=int(a["count_include_pad"]))  # fmt: skip
+    _dpu_avg(b, node, pooled, a["kernel_size"][0] * a["kernel_size"][1])
+
+
+@onnx_lowers(Op.ADAPTIVE_AVG_POOL2D)
+def _adaptive(b: _Builder, node: Node) -> None:
+    h, w = node.inputs[0].meta.shape[2:]
+    oh, ow = node.meta.shape[2:]
+    if (oh, ow) != (1, 1) or not isinstance(h, int) or not isinstance(w, int):
+        raise NndctError(f"{node.where()}: adaptive average pooling to {oh}x{ow} is not exported to ONNX yet")
+    _dpu_avg(b, node, b.add("GlobalAveragePool", [b.inp(node)], f"{node.name}_avg"), h * w)
+
+
+@onnx_lowers(Op.FLATTEN)
+def _flatten(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    rank = len(node.inputs[0].meta.shape)
+    if a["start_dim"] != 1 or a["end_dim"] not in (-1, rank - 1):
+        raise NndctError(f"{node.where()}: flatten({a['start_dim']}, {a['end_dim']}) is not exported to ONNX yet")
+    b.emit(node, b.add("Flatten", [b.inp(node)], node.name, axis=1))
+
+
+@onnx_lowers(Op.SOFTMAX)
+def _softmax(b: _Builder, node: Node) -> None:
+    b.emit(node, b.add("Softmax", [b.inp(node)], node.name, axis=node.attrs["dim"]))
+
+
+@onnx_lowers(Op.PERMUTE)
+def _permute(b: _Builder, node: Node) -> None:
+    b.emit(node, b.add("Transpose", [b.inp(node)], node.name, perm=list(node.attrs["dims"])))
+
+
+def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool = True):  # -> onnx.ModelProto
+    """The QDQ ONNX model of a calibrated graph (batch dimension dynamic where it was captured so).
+
+    With `quantized=False` the same graph is written in float (no Q/DQ): a baseline for benchmarks.
+    """
+    if not quantized:
+        plan, table = QuantPlan(), QuantTable(graph.name)
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError as exc:
+        raise NndctError("ONNX export needs the onnx package: pip install onnx") from exc
+    b = _Builder(graph, plan, table)
+    graph_inputs, graph_outputs = [], []
+    for node in graph.nodes:
+        if node.op is Op.INPUT:
+            dims = ["batch" if d == "B" else d for d in node.meta.shape]
+            graph_inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, dims))
+            b.value[node.name] = node.name
+            b.emit(node, node.name)
+            continue
+        if node.op in (Op.SIZE, Op.SCALAR):
+            continue
+        fn = ONNX_LOWERINGS.get(node.op)
+        if fn is None:
+            raise NndctError(
+                f"{node.where()}: {node.op.value} has no ONNX lowering yet, so the model cannot be exported to ONNX. "
+                "The .xmodel export writes such ops as custom ops."
+            )
+        fn(b, node)
+    for k, node in enumerate(graph.output_nodes):
+        if not isinstance(node.meta, TensorMeta):
+            raise NndctError(f"{node.where()}: only tensor outputs can be exported to ONNX")
+        name = f"output_{k}"
+        b.add("Identity", [b.value[node.name]], name)
+        dims = ["batch" if d == "B" else d for d in node.meta.shape]
+        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, b.inits)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="pytorch_nndct")  # fmt: skip
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,55 @@
+"""ONNX QDQ export: valid for onnx.checker, runs in onnxruntime, matches the simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from test_xmodel import CASES, _quantize
+
+from pytorch_nndct.errors import NndctError
+
+# Final-output tolerance in LSBs of the output fix position. ONNX rounds ties to even where the DPU rounds
+# half up; in a deep network a one-LSB tie difference in an early layer can grow through later layers.
+TOLERANCE_LSB = {"resnet18": 8}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_onnxruntime_matches_simulation(case, tmp_path):
+    model, example, batches = CASES[case]()
+    quantizer = _quantize(model, example, batches, tmp_path)
+    path = quantizer.export_onnx_model()
+    onnx.checker.check_model(onnx.load(str(path)))
+    proto = onnx.load(str(path))
+    types = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert int8_weights, "weights should be stored as int8"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(16, *example.shape[1:])
+    with torch.no_grad():
+        simulated = quantizer.quant_model(x).numpy()
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    out_key = quantizer.plan.tensor_point[quantizer.graph.output_nodes[0].name]
+    fp = quantizer.table.outputs[out_key].fix_pos
+    lsb = np.abs(out - simulated).max() * 2.0**fp
+    exact = float((out == simulated).mean())
+    print(f"{case}: max {lsb:g} LSB, {100 * exact:.1f}% of elements equal")
+    assert lsb <= TOLERANCE_LSB.get(case, 1), f"{case}: {lsb} LSB ({100 * exact:.1f}% equal)"
+    assert exact > 0.25
+
+
+def test_onnx_export_errors(tmp_path):
+    model, example, _ = CASES["digits"]()
+    from pytorch_nndct.apis import torch_quantizer
+
+    calib = torch_quantizer("calib", model, (example,), output_dir=tmp_path)
+    with pytest.raises(NndctError, match="needs the calibrated model"):
+        calib.export_onnx_model()
+    gelu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GELU()).eval()
+    x = torch.randn(2, 3, 4, 4)
+    quantizer = _quantize(gelu, x, [x], tmp_path / "gelu")
+    with pytest.raises(NndctError, match=r"gelu_2.*no ONNX lowering yet"):
+        quantizer.export_onnx_model()
