@@ -1,7 +1,9 @@
-"""ONNX export in QDQ form (SPEC 6): every quantization point is QuantizeLinear -> DequantizeLinear with
-scale 2^-fp (activations as uint8 with zero point 128, the same grid as int8 with zero point 0); weights are int8 initializers followed by DequantizeLinear; a bias is an
-int32 initializer at the scale of input x weight (its 8-bit value shifted, exact), so onnxruntime can fuse
-conv / matmul into integer kernels.
+"""ONNX export in QDQ form (SPEC 6).
+
+Every quantization point is QuantizeLinear -> DequantizeLinear with scale 2^-fp; activations are written
+as uint8 with zero point 128 (the same grid as int8 with zero point 0). Weights are int8 initializers
+followed by DequantizeLinear; a bias is an int32 initializer at the scale input x weight (its 8-bit value
+shifted, exact), so onnxruntime can fuse conv / matmul into integer kernels.
 
 ONNX rounds ties to even where the DPU rounds half up, so outputs can differ from our simulation by one
 LSB at exact ties. Ops with no ONNX lowering here are refused with the node's name.
