@@ -19,7 +19,7 @@ import torch
 from . import primitives
 from .spec import QuantSpec, RoundMode
 
-__all__ = ["diffs_errors", "fake_quantize", "kernels_enabled"]
+__all__ = ["diffs_errors", "failed", "fake_quantize", "kernels_enabled"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -33,25 +33,36 @@ def kernels_enabled(enabled: bool | None = None) -> bool:
     return _ENABLED["value"]
 
 
-def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: float, qmax: float, mode: RoundMode) -> torch.Tensor:
-    q = primitives.round_(x * scale, mode).clamp(qmin, qmax)
+def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor, mode: RoundMode) -> torch.Tensor:
+    q = torch.minimum(torch.maximum(primitives.round_(x * scale, mode), qmin), qmax)
     return q / scale
 
 
-def _errors(x: torch.Tensor, scales: torch.Tensor, qmin: float, qmax: float, mode: RoundMode) -> torch.Tensor:
+def _errors(
+    x: torch.Tensor, scales: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor, mode: RoundMode
+) -> torch.Tensor:
     # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
     # and divided by s^2 once; one loop per candidate lets the compiler keep each in registers.
     sums = []
     for k in range(scales.shape[0]):
         y = x * scales[k]
-        d = (y - primitives.round_(y, mode).clamp(qmin, qmax)).to(torch.float64)
+        d = (y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)).to(torch.float64)
         sums.append((d * d).sum())
     return torch.stack(sums) / scales.to(torch.float64) ** 2
 
 
 class _Compiled:
-    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
-        self.fn = fn
+    """One compiled kernel per (function, round mode). Each wrapper has its own code object, so the
+    compiler's per-function cache never mixes modes; bounds and scales are tensors, so a new bit width or
+    fix position does not recompile either."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: RoundMode) -> None:
+        def kernel(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+            return fn(x, s, lo, hi, mode)
+
+        # a distinct code object per mode: compile caches are kept per code object
+        kernel.__code__ = kernel.__code__.replace(co_name=f"{fn.__name__}_{mode.name.lower()}")
+        self.fn = kernel
         self.compiled: Any = None
         self.failed = False
 
@@ -61,15 +72,16 @@ class _Compiled:
         if self.compiled is None:
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         try:
-            return self.compiled(*args)
+            with torch.no_grad():
+                return self.compiled(*args)
         except Exception as exc:  # no compiler on this machine, an unsupported device ...
             self.failed = True
             log.warning("pytorch_nndct: compiled quantization kernels unavailable (%s); using eager ops", exc)
             return self.fn(*args)
 
 
-_FQ = _Compiled(_fq)
-_ERRORS = _Compiled(_errors)
+_FQ = {mode: _Compiled(_fq, mode) for mode in RoundMode}
+_ERRORS = {mode: _Compiled(_errors, mode) for mode in RoundMode}
 _CHUNK = 1 << 24
 _SCALES: dict[tuple, torch.Tensor] = {}
 
@@ -82,14 +94,27 @@ def _scales(fix_positions: tuple[int, ...], dtype: torch.dtype, device: torch.de
     return t
 
 
+def _bounds(spec: QuantSpec, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (("bounds", spec.qmin, spec.qmax), dtype, device)
+    t = _SCALES.get(key)
+    if t is None:
+        t = _SCALES[key] = torch.tensor([spec.qmin, spec.qmax], dtype=dtype, device=device)
+    return t[0], t[1]
+
+
+def failed() -> bool:
+    """True if a compiled kernel failed and the eager primitives are used instead."""
+    return any(k.failed for k in (*_FQ.values(), *_ERRORS.values()))
+
+
 def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Same result as primitives.fake_quantize, in one fused pass."""
     if x.numel() < 4096 or (torch.is_grad_enabled() and x.requires_grad):
         return primitives.fake_quantize(x, spec)
     scale = _scales((spec.fix_pos,), x.dtype, x.device)[0]
+    lo, hi = _bounds(spec, x.dtype, x.device)
     # always 1-D, so one compiled kernel serves tensors of every rank (no recompiles per shape)
-    flat = _FQ(x.reshape(-1), scale, float(spec.qmin), float(spec.qmax), spec.round_mode)
-    return flat.view(x.shape)
+    return _FQ[spec.round_mode](x.reshape(-1), scale, lo, hi).view(x.shape)
 
 
 def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> torch.Tensor:
@@ -99,6 +124,7 @@ def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> tor
     flat = x.detach().reshape(-1)
     scales = _scales(tuple(candidates), x.dtype, x.device)
     total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
+    lo, hi = _bounds(spec, x.dtype, x.device)
     for start in range(0, flat.numel(), _CHUNK):
-        total += _ERRORS(flat[start : start + _CHUNK], scales, float(spec.qmin), float(spec.qmax), spec.round_mode)
+        total += _ERRORS[spec.round_mode](flat[start : start + _CHUNK], scales, lo, hi)
     return total
