@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_xmodel import CASES, _quantize
+from test_xmodel import CASES, as_deployed, simulate_and_lower
 
-from pytorch_nndct.export.deploy import lower
 from pytorch_nndct.export.integer import IntValue, _requantize, run_integer
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_integer_run_equals_simulation(case, tmp_path):
-    model, example, batches = CASES[case]()
-    quantizer = _quantize(model, example, batches, tmp_path)
-    x = torch.randn(3, *example.shape[1:])
-    with torch.no_grad():
-        simulated = quantizer.quant_model(x)
-    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table, batch=3)
+    x, simulated, deploy = simulate_and_lower(case, tmp_path)
     values = run_integer(deploy, [x])
     out = values[deploy.ops[-1].name]
     assert isinstance(out, IntValue), "the network output should come out of a fix"
     assert torch.equal(out.q, torch.round(out.q)) and out.q.abs().max() <= 128
     result = out.to_float()
-    if result.shape != simulated.shape:
-        simulated = simulated.permute(0, 2, 3, 1)
+    simulated = as_deployed(simulated, result)
     assert torch.equal(result, simulated), f"max |diff| {(result - simulated).abs().max().item()}"
     convs = [op for op in deploy.ops if op.type in ("conv2d", "depthwise-conv2d", "matmul")]
     assert all(isinstance(values[op.name], IntValue) for op in convs)

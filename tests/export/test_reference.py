@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_xmodel import CASES, _quantize
+from test_xmodel import CASES, _quantize, as_deployed, simulate_and_lower
 
 from pytorch_nndct.errors import NndctError
 from pytorch_nndct.export.deploy import lower
@@ -13,16 +13,9 @@ from pytorch_nndct.export.reference import run_deploy_graph
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_deploy_graph_equals_simulation(case, tmp_path):
-    model, example, batches = CASES[case]()
-    quantizer = _quantize(model, example, batches, tmp_path)
-    x = torch.randn(3, *example.shape[1:])
-    with torch.no_grad():
-        simulated = quantizer.quant_model(x)
-    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table, batch=3)
-    values = run_deploy_graph(deploy, [x])
-    out = values[deploy.ops[-1].name]
-    if out.shape != simulated.shape:  # a feature-map output is laid out NHWC in the deploy graph
-        simulated = simulated.permute(0, 2, 3, 1)
+    x, simulated, deploy = simulate_and_lower(case, tmp_path)
+    out = run_deploy_graph(deploy, [x])[deploy.ops[-1].name]
+    simulated = as_deployed(simulated, out)
     assert torch.equal(out, simulated), f"max |diff| {(out - simulated).abs().max().item()}"
 
 

@@ -47,6 +47,23 @@ def _cases():
 CASES = _cases()
 
 
+def simulate_and_lower(case: str, tmp_path, batch: int = 3):
+    """Calibrate a case, run the test-mode simulation on a fresh batch, and lower it: (x, simulated, deploy)."""
+    from pytorch_nndct.export.deploy import lower
+
+    model, example, batches = CASES[case]()
+    quantizer = _quantize(model, example, batches, tmp_path)
+    x = torch.randn(batch, *example.shape[1:])
+    with torch.no_grad():
+        simulated = quantizer.quant_model(x)
+    return x, simulated, lower(quantizer.graph, quantizer.plan, quantizer.table, batch=batch)
+
+
+def as_deployed(simulated: torch.Tensor, deployed: torch.Tensor) -> torch.Tensor:
+    """The simulation's output in the deploy graph's layout (a feature-map output is NHWC there)."""
+    return simulated.permute(0, 2, 3, 1) if deployed.shape != simulated.shape else simulated
+
+
 def _out_size(i: int, k: int, s: int, d: int, a: int, b: int, mode: str) -> int:
     if mode == "FLOOR":
         return (i + a + b - d * (k - 1) - 1) // s + 1

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._tables import registrar
 from ..ir.aten_map import TorchConst
 from ..ir.graph import Graph, Node, Ref, refs_in
 from ..ir.ops import CONV_OPS, TRANSPOSED_CONV_OPS, Op
@@ -79,13 +80,7 @@ Emitter = Callable[[Node, _Ctx], Emission]
 EMITTERS: dict[Op, Emitter] = {}
 
 
-def emits(*ops: Op) -> Callable[[Emitter], Emitter]:
-    def register(fn: Emitter) -> Emitter:
-        for op in ops:
-            EMITTERS[op] = fn
-        return fn
-
-    return register
+emits = registrar(EMITTERS)
 
 
 def _args(*parts: str) -> str:

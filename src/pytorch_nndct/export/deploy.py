@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
@@ -221,13 +222,7 @@ Lower = Callable[[_Lowering, Node], None]
 LOWERINGS: dict[Op, Lower] = {}
 
 
-def lowers(*ops: Op) -> Callable[[Lower], Lower]:
-    def register(fn: Lower) -> Lower:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-
-    return register
+lowers = registrar(LOWERINGS)
 
 
 def _spatial(lw: _Lowering, node: Node) -> bool:

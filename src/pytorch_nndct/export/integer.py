@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._tables import registrar
 from ..errors import NndctError
 from ..quant.primitives import avgpool_factor
 from .deploy import DeployGraph, XOp
@@ -66,13 +67,7 @@ IntExecutor = Callable[[XOp, dict[str, Value], _Run], Value]
 INT_EXECUTORS: dict[str, IntExecutor] = {}
 
 
-def _int_op(*types: str) -> Callable[[IntExecutor], IntExecutor]:
-    def register(fn: IntExecutor) -> IntExecutor:
-        for t in types:
-            INT_EXECUTORS[t] = fn
-        return fn
-
-    return register
+_int_op = registrar(INT_EXECUTORS)
 
 
 def _ints(op: XOp, env: dict[str, Value], arg: str = "input") -> list[IntValue]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
@@ -132,13 +133,7 @@ OnnxLower = Callable[[_Builder, Node], None]
 ONNX_LOWERINGS: dict[Op, OnnxLower] = {}
 
 
-def onnx_lowers(*ops: Op) -> Callable[[OnnxLower], OnnxLower]:
-    def register(fn: OnnxLower) -> OnnxLower:
-        for op in ops:
-            ONNX_LOWERINGS[op] = fn
-        return fn
-
-    return register
+onnx_lowers = registrar(ONNX_LOWERINGS)
 
 
 @onnx_lowers(Op.CONST)

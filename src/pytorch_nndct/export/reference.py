@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._tables import registrar
 from ..errors import NndctError
 from ..quant.primitives import fake_quantize
 from ..quant.spec import QuantSpec, RoundMode
@@ -27,13 +28,7 @@ Executor = Callable[[XOp, Env, "_Run"], torch.Tensor]
 EXECUTORS: dict[str, Executor] = {}
 
 
-def executes(*types: str) -> Callable[[Executor], Executor]:
-    def register(fn: Executor) -> Executor:
-        for t in types:
-            EXECUTORS[t] = fn
-        return fn
-
-    return register
+executes = registrar(EXECUTORS)
 
 
 class _Run:
