@@ -29,8 +29,26 @@ def _quantize(model, example, batches, out_dir):
     return torch_quantizer("test", model, (example,), output_dir=out_dir)
 
 
+class ShuffleSlice(nn.Module):
+    """Channel split, shuffle (reshape-transpose-reshape), a spatial slice: the layout-sensitive ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.relu(self.stem(x)).chunk(2, dim=1)
+        y = torch.cat([left, torch.relu(self.branch(right))], dim=1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(y[:, :, 1:7])
+
+
 def _cases():
     cases = {"digits": lambda: (lambda m, d: (m, d[:2], [d]))(*model_and_data())}
+    cases["shuffle_slice"] = lambda: (ShuffleSlice().eval(), torch.randn(2, 3, 8, 8), [torch.randn(8, 3, 8, 8)])
     for name, (model, x) in golden_models().items():
         cases[name] = lambda model=model, x=x: (model, x, [torch.randn(8, *x.shape[1:])])
     for name in ("resnet18", "mobilenet_v2"):

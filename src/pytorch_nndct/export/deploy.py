@@ -511,3 +511,75 @@ def lower(graph: Graph, plan: QuantPlan, table: QuantTable, batch: int | None = 
             "batch size 2 or more so the batch stays symbolic."
         )
     return _Lowering(graph, plan, table, batch).run()
+
+
+def _strided_slice(lw: _Lowering, node: Node, src: Node, dim: int, start: int, end: int, step: int,
+                   quantized: bool = False) -> None:  # fmt: skip
+    """`src[..., start:end:step, ...]` along logical `dim`, in src's layout (then its fix, if quantized)."""
+    nhwc = src.name in lw.nhwc
+    if nhwc:
+        lw.nhwc.add(node.name)
+    dims = lw.phys_shape(src)
+    axis = lw.phys_axis(src, dim)
+    begin, stop, strides = [0] * len(dims), list(dims), [1] * len(dims)
+    begin[axis], stop[axis], strides[axis] = start, end, step
+    attrs = {"begin": ("int32_vec", begin), "end": ("int32_vec", stop), "strides": ("int32_vec", strides)}
+    op = XOp(lw.op_name(node), "strided_slice", lw.phys_shape(node), attrs, {"input": [lw.value[src.name]]})
+    if quantized:
+        op.node = node.name
+        lw.add(op)
+        lw.value[node.name] = lw.fix_after(op, lw.plan.tensor_point[node.name], node.name)
+    else:
+        lw.emit(node, op, nhwc)
+
+
+def _bounds(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    start = 0 if start is None else (start + size if start < 0 else start)
+    end = size if end is None else (end + size if end < 0 else end)
+    return max(0, min(start, size)), max(0, min(end, size))
+
+
+@lowers(Op.SLICE)
+def _slice(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    src = node.inputs[0]
+    rank = len(lw.logical_shape(src))
+    dim = a["dim"] % rank
+    if any(isinstance(v, str) or hasattr(v, "index") for v in (a["start"], a["end"])):
+        lw.custom(node, "a slice with symbolic bounds")
+        return
+    start, end = _bounds(lw.logical_shape(src)[dim], a["start"], a["end"])
+    _strided_slice(lw, node, src, dim, start, end, a["step"])
+
+
+@lowers(Op.CHUNK, Op.SPLIT)
+def _chunk(lw: _Lowering, node: Node) -> None:
+    """No op of its own: each element read through getitem becomes a strided_slice of the input."""
+    lw.value[node.name] = lw.value[node.inputs[0].name]
+
+
+def _piece(lw: _Lowering, parent: Node, index: int) -> tuple[int, int, int]:
+    """(dim, start, end) of element `index` of a chunk / split node."""
+    src = parent.inputs[0]
+    rank = len(lw.logical_shape(src))
+    dim = parent.attrs["dim"] % rank
+    size = lw.logical_shape(src)[dim]
+    if parent.op is Op.CHUNK:
+        step = -(-size // parent.attrs["chunks"])
+        sizes = [min(step, size - k) for k in range(0, size, step)]
+    else:
+        split = parent.attrs["split_size"]
+        sizes = list(split) if isinstance(split, list) else [min(split, size - k) for k in range(0, size, split)]
+    start = sum(sizes[:index])
+    return dim, start, start + sizes[index]
+
+
+@lowers(Op.GETITEM)
+def _getitem(lw: _Lowering, node: Node) -> None:
+    parent = node.inputs[0]
+    if parent.op not in (Op.CHUNK, Op.SPLIT):
+        lw.custom(node, f"element {node.attrs['index']} of {parent.op.value}")
+        return
+    dim, start, end = _piece(lw, parent, node.attrs["index"])
+    # a point on the chunk quantizes every piece with it
+    _strided_slice(lw, node, parent.inputs[0], dim, start, end, 1, quantized=parent.name in lw.plan.outputs)

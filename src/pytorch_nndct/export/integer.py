@@ -233,3 +233,10 @@ def run_integer(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[str, Va
         else:
             raise NndctError(f"{op.name}: the integer run cannot execute {op.type!r} (no XIR equivalent)")
     return env
+
+
+@_int_op("strided_slice")
+def _strided_slice(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    (x,) = _ints(op, env)
+    begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
+    return IntValue(x.q[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))], x.e)

@@ -41,6 +41,7 @@ class _Builder:
         self.value: dict[str, str] = {}
         self.param_specs = {p.key: p.spec for p in plan.params}
         self.done_params: dict[str, str] = {}
+        self.pieces: dict[str, list[str]] = {}  # chunk / split node -> its output names
 
     # ------------------------------------------------------------------ helpers
     def init(self, name: str, array: np.ndarray) -> str:
@@ -330,3 +331,68 @@ def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def _int64(b: _Builder, name: str, values: list[int]) -> str:
+    return b.init(name, np.array(values, dtype=np.int64))
+
+
+@onnx_lowers(Op.RESHAPE, Op.UNSQUEEZE, Op.SQUEEZE, Op.CONTIGUOUS)
+def _reshape(b: _Builder, node: Node) -> None:
+    dims = node.meta.shape
+    if sum(not isinstance(d, int) for d in dims) > 1:
+        raise NndctError(f"{node.where()}: a reshape to {dims} has more than one symbolic dimension")
+    shape = _int64(b, f"{node.name}_shape", [d if isinstance(d, int) else -1 for d in dims])
+    b.emit(node, b.add("Reshape", [b.inp(node), shape], node.name))
+
+
+@onnx_lowers(Op.TRANSPOSE)
+def _transpose(b: _Builder, node: Node) -> None:
+    rank = len(node.meta.shape)
+    perm = list(range(rank))
+    d0, d1 = node.attrs["dim0"] % rank, node.attrs["dim1"] % rank
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    b.emit(node, b.add("Transpose", [b.inp(node)], node.name, perm=perm))
+
+
+@onnx_lowers(Op.SLICE)
+def _slice(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    if any(not isinstance(v, int | None) for v in (a["start"], a["end"])):
+        raise NndctError(f"{node.where()}: a slice with symbolic bounds is not exported to ONNX yet")
+    start = 0 if a["start"] is None else a["start"]
+    end = 2**62 if a["end"] is None else a["end"]
+    inputs = [b.inp(node)] + [_int64(b, f"{node.name}_{k}", [v]) for k, v in
+                              (("starts", start), ("ends", end), ("axes", a["dim"]), ("steps", a["step"]))]  # fmt: skip
+    b.emit(node, b.add("Slice", inputs, node.name))
+
+
+@onnx_lowers(Op.CHUNK, Op.SPLIT)
+def _split(b: _Builder, node: Node) -> None:
+    """One Split; each getitem reads one of its outputs (quantized with the chunk's point, if it has one)."""
+    size = node.inputs[0].meta.shape[node.attrs["dim"]]
+    if not isinstance(size, int):
+        raise NndctError(f"{node.where()}: splitting a symbolic dimension is not exported to ONNX yet")
+    if node.op is Op.CHUNK:
+        step = -(-size // node.attrs["chunks"])
+    else:
+        step = node.attrs["split_size"]
+    sizes = list(step) if isinstance(step, list) else [min(step, size - k) for k in range(0, size, step)]
+    outs = [f"{node.name}_{k}" for k in range(len(sizes))]
+    split = _int64(b, f"{node.name}_sizes", sizes)
+    b.nodes.append(b.helper.make_node("Split", [b.inp(node), split], outs, name=node.name, axis=node.attrs["dim"]))
+    b.value[node.name] = node.name  # read only through getitem
+    b.pieces[node.name] = outs
+
+
+@onnx_lowers(Op.GETITEM)
+def _getitem(b: _Builder, node: Node) -> None:
+    parent = node.inputs[0]
+    if parent.name not in b.pieces:
+        raise NndctError(f"{node.where()}: element of {parent.op.value} is not exported to ONNX yet")
+    out = b.pieces[parent.name][node.attrs["index"]]
+    if parent.name in b.plan.outputs:
+        spec = b.table.outputs[b.plan.tensor_point[parent.name]]
+        if spec.fix_pos is not None:
+            out = b.qdq(out, spec.bitwidth, spec.fix_pos, node.name)
+    b.value[node.name] = out

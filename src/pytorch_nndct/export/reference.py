@@ -215,3 +215,9 @@ def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[st
             raise NndctError(f"{op.name}: the reference run cannot execute {op.type!r} (no XIR equivalent)")
         env[op.name] = fn(op, env, run)
     return env
+
+
+@executes("strided_slice")
+def _strided_slice(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
+    return _arg(op, env)[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))]
