@@ -30,7 +30,7 @@ def _quantize(model, example, batches, out_dir):
 
 
 class ShuffleSlice(nn.Module):
-    """Channel split, shuffle (reshape-transpose-reshape), a spatial slice: the layout-sensitive ops."""
+    """Channel split, shuffle (reshape-transpose-reshape), slice, nearest upsampling, asymmetric padding."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -43,7 +43,8 @@ class ShuffleSlice(nn.Module):
         y = torch.cat([left, torch.relu(self.branch(right))], dim=1)
         n, c, h, w = y.shape
         y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return self.head(y[:, :, 1:7])
+        y = torch.nn.functional.interpolate(y[:, :, 1:7], scale_factor=2.0, mode="nearest")  # 6x8 -> 12x16
+        return self.head(torch.nn.functional.pad(y, [1, 0, 0, 2]))
 
 
 def _cases():

@@ -583,3 +583,48 @@ def _getitem(lw: _Lowering, node: Node) -> None:
     dim, start, end = _piece(lw, parent, node.attrs["index"])
     # a point on the chunk quantizes every piece with it
     _strided_slice(lw, node, parent.inputs[0], dim, start, end, 1, quantized=parent.name in lw.plan.outputs)
+
+
+@lowers(Op.INTERPOLATE)
+def _interpolate(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    src = node.inputs[0]
+    if len(lw.logical_shape(src)) != 4 or a["mode"] not in ("nearest", "bilinear"):
+        lw.custom(node, f"{a['mode']} resampling of a {len(lw.logical_shape(src))}-D tensor")
+        return
+    (h, w), (oh, ow) = lw.logical_shape(src)[2:], lw.logical_shape(node)[2:]
+    align = bool(a["align_corners"])
+    attrs = {
+        "mode": ("string", a["mode"].upper()),
+        "align_corners": ("bool", align),
+        "half_pixel_centers": ("bool", a["mode"] == "bilinear" and not align),
+        "scale": ("float_vec", [ow / w, oh / h]),
+    }
+    _spatial(lw, node)
+    lw.emit(node, XOp(lw.op_name(node), "resize", lw.phys_shape(node), attrs, {"input": lw.inputs(node, True)}), True)
+
+
+_PAD_MODES = {"constant": "CONSTANT"}  # reflect / replicate: custom ops for now
+
+
+@lowers(Op.PAD)
+def _pad(lw: _Lowering, node: Node) -> None:
+    a = node.attrs
+    src = node.inputs[0]
+    rank = len(lw.logical_shape(src))
+    if a["mode"] not in _PAD_MODES or len(a["pad"]) % 2 or len(a["pad"]) > 2 * rank:
+        lw.custom(node, f"{a['mode']} padding")
+        return
+    per_dim = [[0, 0] for _ in range(rank)]
+    for k in range(len(a["pad"]) // 2):  # torch lists the last dimension first
+        per_dim[rank - 1 - k] = [a["pad"][2 * k], a["pad"][2 * k + 1]]
+    nhwc = src.name in lw.nhwc
+    if nhwc:
+        lw.nhwc.add(node.name)
+        per_dim = [per_dim[i] for i in (0, 2, 3, 1)]
+    attrs = {
+        "paddings": ("int32_vec", [p for pair in per_dim for p in pair]),
+        "mode": ("string", _PAD_MODES[a["mode"]]),
+        "constant_values": ("float_vec", [float(a["value"] or 0.0)] * (2 * rank)),
+    }
+    lw.emit(node, XOp(lw.op_name(node), "pad", lw.phys_shape(node), attrs, {"input": [lw.value[src.name]]}), nhwc)

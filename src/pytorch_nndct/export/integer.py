@@ -21,7 +21,7 @@ from ..errors import NndctError
 from ..quant.primitives import avgpool_factor
 from .deploy import DeployGraph, XOp
 from .reference import EXECUTORS as FLOAT_EXECUTORS
-from .reference import _nchw, _nhwc, _pool_args, _Run
+from .reference import _nchw, _nhwc, _pool_args, _Run, _torch_pads
 
 __all__ = ["IntValue", "run_integer"]
 
@@ -240,3 +240,20 @@ def _strided_slice(op: XOp, env: dict[str, Value], run: _Run) -> Value:
     (x,) = _ints(op, env)
     begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
     return IntValue(x.q[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))], x.e)
+
+
+@_int_op("resize")
+def _resize(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    (x,) = _ints(op, env)
+    if run.attr(op, "mode") != "NEAREST":  # fractional weights: computed on the host in float
+        return FLOAT_EXECUTORS["resize"](op, {op.args["input"][0]: x.to_float()}, run)
+    return IntValue(_nhwc(F.interpolate(_nchw(x.q), size=tuple(op.shape[1:3]), mode="nearest")), x.e)
+
+
+@_int_op("pad")
+def _pad(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    (x,) = _ints(op, env)
+    value = (run.attr(op, "constant_values") or [0.0])[0]
+    if value * 2**x.e != int(value * 2**x.e):
+        return FLOAT_EXECUTORS["pad"](op, {op.args["input"][0]: x.to_float()}, run)
+    return IntValue(F.pad(x.q, _torch_pads(op, run), value=value * 2**x.e), x.e)

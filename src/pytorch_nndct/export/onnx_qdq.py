@@ -396,3 +396,32 @@ def _getitem(b: _Builder, node: Node) -> None:
         if spec.fix_pos is not None:
             out = b.qdq(out, spec.bitwidth, spec.fix_pos, node.name)
     b.value[node.name] = out
+
+
+@onnx_lowers(Op.INTERPOLATE)
+def _resize(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    if a["mode"] not in ("nearest", "bilinear") or len(node.meta.shape) != 4:
+        raise NndctError(f"{node.where()}: {a['mode']} resampling is not exported to ONNX yet")
+    (h, w), (oh, ow) = node.inputs[0].meta.shape[2:], node.meta.shape[2:]
+    scales = b.init(f"{node.name}_scales", np.array([1.0, 1.0, oh / h, ow / w], dtype=np.float32))
+    if a["mode"] == "nearest":
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    else:
+        ctm = "align_corners" if a["align_corners"] else "pytorch_half_pixel"
+        attrs = {"mode": "linear", "coordinate_transformation_mode": ctm}
+    b.emit(node, b.add("Resize", [b.inp(node), "", scales], node.name, **attrs))
+
+
+@onnx_lowers(Op.PAD)
+def _pad(b: _Builder, node: Node) -> None:
+    a = node.attrs
+    rank = len(node.meta.shape)
+    if a["mode"] != "constant":
+        raise NndctError(f"{node.where()}: {a['mode']} padding is not exported to ONNX yet")
+    begin, end = [0] * rank, [0] * rank
+    for k in range(len(a["pad"]) // 2):  # torch lists the last dimension first
+        begin[rank - 1 - k], end[rank - 1 - k] = a["pad"][2 * k], a["pad"][2 * k + 1]
+    pads = _int64(b, f"{node.name}_pads", begin + end)
+    value = b.init(f"{node.name}_value", np.array(float(a["value"] or 0.0), dtype=np.float32))
+    b.emit(node, b.add("Pad", [b.inp(node), pads, value], node.name, mode="constant"))

@@ -221,3 +221,26 @@ def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[st
 def _strided_slice(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
     return _arg(op, env)[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))]
+
+
+@executes("resize")
+def _resize(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    x = _nchw(_arg(op, env))
+    size = tuple(op.shape[1:3])
+    if run.attr(op, "mode") == "NEAREST":
+        return _nhwc(F.interpolate(x, size=size, mode="nearest"))
+    return _nhwc(F.interpolate(x, size=size, mode="bilinear", align_corners=run.attr(op, "align_corners")))
+
+
+def _torch_pads(op: XOp, run: _Run) -> list[int]:
+    pairs = run.attr(op, "paddings")
+    dims = len(pairs) // 2
+    return [p for k in reversed(range(dims)) for p in (pairs[2 * k], pairs[2 * k + 1])]
+
+
+@executes("pad")
+def _pad(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    if run.attr(op, "mode") != "CONSTANT":
+        raise NndctError(f"{op.name}: the reference run supports constant padding only")
+    value = (run.attr(op, "constant_values") or [0.0])[0]
+    return F.pad(_arg(op, env), _torch_pads(op, run), value=value)
