@@ -4,7 +4,8 @@
 
 Random weights with BN statistics populated by train-mode forwards; the same calibration batches (batch
 8) and the same evaluation batch for every method, in one run. Prints, per model:
-- output SQNR against the float model: ours and PT2E (XNNPACKQuantizer, per-tensor symmetric config);
+- output SQNR against the float model: ours and PT2E (XNNPACKQuantizer, per-tensor symmetric weights and
+  activations, HistogramObserver; and, for reference, XNNPACK's default with affine activations);
 - calibration time / float time over the calibration batches (ours; PT2E's observers);
 - test-mode time / float time (ours: fake-quant simulation; PT2E: its converted reference model).
 Times are wall clock after warm-up passes (which also compile our fused kernels); float and test-mode times
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -54,12 +56,23 @@ def ours(model, example, calib, test_x, out_dir):
     return out, t_calib, t_test
 
 
-def pt2e(model, example, calib, test_x):
+def pt2e_config(symmetric_activations: bool):
+    """XNNPACK's per-tensor config; its activations are affine unless made symmetric here."""
+    from torchao.testing.pt2e._xnnpack_quantizer import get_symmetric_quantization_config
+
+    config = get_symmetric_quantization_config(is_per_channel=False)
+    if not symmetric_activations:
+        return config
+    act = dataclasses.replace(config.input_activation, qscheme=torch.per_tensor_symmetric)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def pt2e(model, example, calib, test_x, symmetric_activations: bool = True):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     exported = torch.export.export(copy.deepcopy(model), (example,)).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=False))
+    quantizer = XNNPACKQuantizer().set_global(pt2e_config(symmetric_activations))
     prepared = prepare_pt2e(exported, quantizer)
     t_calib = timed(prepared, calib)
     converted = convert_pt2e(prepared)
@@ -81,10 +94,10 @@ def main() -> int:
         f"{args.batch_size}"
     )
     print(
-        "| model | SQNR ours (dB) | SQNR PT2E (dB) | calib/float ours | calib/float PT2E | test/float ours "
-        "| test/float PT2E |"
+        "| model | SQNR ours (dB) | SQNR PT2E sym (dB) | SQNR PT2E affine act (dB) | calib/float ours "
+        "| calib/float PT2E | test/float ours | test/float PT2E |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         size = 299 if name == "inception_v3" else 224
         torch.manual_seed(0)
@@ -101,9 +114,10 @@ def main() -> int:
                 torch_quantizer("calib", model, (calib[0][:2],), output_dir=tmp).quant_model(calib[0])
             o_out, o_cal, o_test = ours(model, calib[0][:2], calib, test_x, tmp)
         p_out, p_cal, p_test = pt2e(model, calib[0], calib, test_x)
+        a_out, _, _ = pt2e(model, calib[0], calib, test_x, symmetric_activations=False)
         print(
-            f"| {name} | {sqnr_db(ref, o_out):.2f} | {sqnr_db(ref, p_out):.2f} | {o_cal / t_float:.2f} | "
-            f"{p_cal / t_float:.2f} | {o_test / t_float:.2f} | {p_test / t_float:.2f} |",
+            f"| {name} | {sqnr_db(ref, o_out):.2f} | {sqnr_db(ref, p_out):.2f} | {sqnr_db(ref, a_out):.2f} | "
+            f"{o_cal / t_float:.2f} | {p_cal / t_float:.2f} | {o_test / t_float:.2f} | {p_test / t_float:.2f} |",
             flush=True,
         )
     return 0
