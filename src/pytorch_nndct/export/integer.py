@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .._tables import registrar
 from ..errors import NndctError
-from ..quant.primitives import avgpool_factor
+from ..quant.primitives import avgpool_factor, quantize
+from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
 from .reference import EXECUTORS as FLOAT_EXECUTORS
 from .reference import _nchw, _nhwc, _pool_args, _Run, _torch_pads
@@ -47,15 +48,12 @@ Value = IntValue | torch.Tensor
 
 
 def _requantize(v: Value, bw: int, fp: int) -> IntValue:
-    """The DPU's fix: round half up to the grid 2^-fp (an arithmetic shift right), then saturate."""
-    if isinstance(v, IntValue):
-        shift = v.e - fp
-        q = v.q * float(2**-shift) if shift <= 0 else torch.floor((v.q + float(2 ** (shift - 1))) / float(2**shift))
-    else:
-        scaled = v.double() * math.ldexp(1.0, fp)
-        f = torch.floor(scaled)
-        q = f + (scaled - f >= 0.5).double()
-    return IntValue(q.clamp(-(2 ** (bw - 1)), 2 ** (bw - 1) - 1), fp)
+    """The DPU's fix: round half up to the grid 2^-fp (an arithmetic shift right), then saturate.
+
+    q * 2^-e is exact in float64 for the integers here, so the primitive's rounding is the DPU's shift.
+    """
+    x = v.q * math.ldexp(1.0, -v.e) if isinstance(v, IntValue) else v.double()
+    return IntValue(quantize(x, QuantSpec(bw, True, RoundMode.HALF_UP, fp)), fp)
 
 
 def _align(values: list[IntValue]) -> tuple[list[torch.Tensor], int]:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from .._tables import registrar
 from ..errors import NndctError
+from ..ir.ops import Op
+from ..quant.dpu import DPU_FUNCTIONS
 from ..quant.primitives import fake_quantize
 from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
@@ -156,10 +158,8 @@ _UNARY: dict[str, Callable[..., torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "swish": F.silu,
-    "hard-sigmoid": lambda x: F.relu6(x + 3.0) * (2731.0 / 16384.0),
-    "hard-swish": lambda x: (
-        x * fake_quantize(F.relu6(x + 3.0) * (2731.0 / 16384.0), QuantSpec(8, True, RoundMode.HALF_UP, 7))
-    ),
+    "hard-sigmoid": DPU_FUNCTIONS[Op.HARDSIGMOID],  # the DPU's forms, shared with the simulation
+    "hard-swish": DPU_FUNCTIONS[Op.HARDSWISH],
 }
 
 
