@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .._tables import registrar
 from ..errors import NndctError
+from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.primitives import avgpool_factor, quantize
 from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
@@ -175,7 +176,7 @@ def _leaky(op: XOp, env: dict[str, Value], run: _Run) -> Value:
 
 def _hsig(x: IntValue) -> IntValue:
     e = max(x.e, 0)
-    return IntValue((x.at(e) + 3 * 2**e).clamp(0, 6 * 2**e) * 2731.0, e + 14)
+    return IntValue((x.at(e) + 3 * 2**e).clamp(0, 6 * 2**e) * float(HSIGMOID_M), e + HSIGMOID_S)
 
 
 @_int_op("hard-sigmoid")

@@ -20,6 +20,7 @@ from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
+from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
 from ..quant.primitives import avgpool_factor, quantize
 from ..quant.table import QuantTable
@@ -215,7 +216,7 @@ def _leaky(b: _Builder, node: Node) -> None:
 
 def _hsig(b: _Builder, src: str, name: str) -> str:
     three = b.init(f"{name}_three", np.array(3.0, np.float32))
-    k = b.init(f"{name}_k", np.array(2731.0 / 16384.0, np.float32))
+    k = b.init(f"{name}_k", np.array(HSIGMOID_M / 2**HSIGMOID_S, np.float32))
     return b.add("Mul", [_clip(b, b.add("Add", [src, three], f"{name}_add"), 0.0, 6.0, f"{name}_r6"), k], name)
 
 

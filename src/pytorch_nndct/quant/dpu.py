@@ -16,9 +16,10 @@ from ..nn.functional import FUNCTIONS
 from .primitives import avgpool_factor, fake_quantize
 from .spec import QuantSpec, RoundMode
 
-__all__ = ["DPU_FUNCTIONS", "DPU_LEAKY_SLOPE"]
+__all__ = ["DPU_FUNCTIONS", "DPU_LEAKY_SLOPE", "HSIGMOID_M", "HSIGMOID_S"]
 
 DPU_LEAKY_SLOPE = 26 / 256
+HSIGMOID_M, HSIGMOID_S = 2731, 14  # hard-sigmoid(x) = relu6(x + 3) * 2731 / 2^14 (about 1/6)
 _HSIG_SPEC = QuantSpec(8, True, RoundMode.HALF_UP, 7)
 
 
@@ -59,7 +60,7 @@ def _leaky_relu(input: torch.Tensor, negative_slope: float = 0.01) -> torch.Tens
 
 
 def _hardsigmoid(input: torch.Tensor) -> torch.Tensor:
-    return F.relu6(input + 3.0) * (2731.0 / 16384.0)
+    return F.relu6(input + 3.0) * (HSIGMOID_M / 2**HSIGMOID_S)
 
 
 def _hardswish(input: torch.Tensor) -> torch.Tensor:
