@@ -130,7 +130,7 @@ class torch_quantizer:
         self.graph_md5 = graph_md5(self.graph)
         self.plan: QuantPlan = make_plan(self.graph, self.bitwidth_w, self.bitwidth_a)
         self._model = load_module(write_module(self.graph, self.output_dir))
-        self.state = QuantState(Mode.CALIB if self.mode is Mode.CALIB else self.mode)
+        self.state = QuantState(self.mode)
         self.points = attach(self._model, self.graph, self.plan, self.state)
         if self.device is not None:
             self._model.to(self.device)

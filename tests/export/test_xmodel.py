@@ -47,6 +47,20 @@ class ShuffleSlice(nn.Module):
         return self.head(torch.nn.functional.pad(y, [1, 0, 0, 2]))
 
 
+class NormBetweenConvs(nn.Module):
+    """conv -> relu -> layer norm -> `float_op` -> conv: ops a DPU cannot run between ones it can."""
+
+    def __init__(self, float_op) -> None:
+        super().__init__()
+        self.float_op = float_op
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.LayerNorm([4, 6, 6])
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.float_op(self.norm(torch.relu(self.conv(x)))))
+
+
 def _cases():
     cases = {"digits": lambda: (lambda m, d: (m, d[:2], [d]))(*model_and_data())}
     cases["shuffle_slice"] = lambda: (ShuffleSlice().eval(), torch.randn(2, 3, 8, 8), [torch.randn(8, 3, 8, 8)])
@@ -225,17 +239,7 @@ def test_export_errors(tmp_path):
 
 
 def test_unexpressible_op_becomes_a_reported_custom_op(tmp_path, caplog):
-    class WithNorm(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.norm = nn.LayerNorm([4, 6, 6])
-            self.head = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            return self.head(torch.cumsum(self.norm(torch.relu(self.conv(x))), dim=1))
-
-    model = WithNorm().eval()
+    model = NormBetweenConvs(lambda t: torch.cumsum(t, dim=1)).eval()
     x = torch.randn(2, 3, 6, 6)
     quantizer = _quantize(model, x, [x], tmp_path)
     with caplog.at_level(logging.WARNING, logger="pytorch_nndct"):
@@ -279,18 +283,8 @@ def test_deploy_check_files_equal_the_reference_run(tmp_path):
 
 
 def test_partition_report(tmp_path):
-    class Mixed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.norm = nn.LayerNorm([4, 6, 6])
-            self.head = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            return self.head(torch.sigmoid(self.norm(torch.relu(self.conv(x)))))
-
     x = torch.randn(2, 3, 6, 6)
-    quantizer = _quantize(Mixed().eval(), x, [x], tmp_path)
+    quantizer = _quantize(NormBetweenConvs(torch.sigmoid).eval(), x, [x], tmp_path)
     report = quantizer.partition_report()
     lines = {line.split()[0]: line for line in report.splitlines()[1:-1]}
     assert "DPU" in lines["conv2d_1"] and "DPU" in lines["conv2d_5"] and "DPU" in lines["input_0"]

@@ -87,7 +87,7 @@ def test_export_front_end_maps_every_op_and_regenerates(tmp_path):
 def test_concrete_front_end_handles_dispatcher_level_ops(tmp_path):
     model = _model()
     x = torch.randn(2, 4, 8, 8)
-    specs, _ = _templates(model, (x,))
+    specs = _templates(model, (x,))
     graph = concrete_trace(model, (x,), specs, "KitchenSink")
     verify(graph)
     ops = {n.op for n in graph.nodes}

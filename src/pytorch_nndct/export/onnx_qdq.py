@@ -39,6 +39,7 @@ class _Builder:
         self.graph, self.plan, self.table = graph, plan, table
         self.nodes: list = []
         self.inits: list = []
+        self.init_names: set[str] = set()
         self.value: dict[str, str] = {}
         self.param_specs = {p.key: p.spec for p in plan.params}
         self.done_params: dict[str, str] = {}
@@ -46,7 +47,10 @@ class _Builder:
 
     # ------------------------------------------------------------------ helpers
     def init(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(self.onnx.numpy_helper.from_array(array, name))
+        """An initializer; a name already taken is returned as it is (shared scales, zero points)."""
+        if name not in self.init_names:
+            self.init_names.add(name)
+            self.inits.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
     def add(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
@@ -54,25 +58,17 @@ class _Builder:
         return name
 
     def scale(self, fp: int) -> str:
-        name = f"scale_2^-{fp}"
-        if name not in {i.name for i in self.inits}:
-            self.init(name, np.array(math.ldexp(1.0, -fp), dtype=np.float32))
-        return name
+        return self.init(f"scale_2^-{fp}", np.array(math.ldexp(1.0, -fp), dtype=np.float32))
 
     def zero(self, dtype: type) -> str:
-        name = f"zero_{np.dtype(dtype).name}"
-        if name not in {i.name for i in self.inits}:
-            self.init(name, np.array(0, dtype=dtype))
-        return name
+        return self.init(f"zero_{np.dtype(dtype).name}", np.array(0, dtype=dtype))
 
     def qdq(self, src: str, bw: int, fp: int, name: str) -> str:
         """Activations: the signed 8-bit grid [-128, 127] * 2^-fp written as uint8 with zero point 128 (the
         same values), the form onnxruntime fuses into integer kernels on x86."""
         if bw > 8:
             raise NndctError(f"{name}: ONNX export supports bit widths up to 8, got {bw}")
-        zp = "zero_uint8_128"
-        if zp not in {i.name for i in self.inits}:
-            self.init(zp, np.array(128, dtype=np.uint8))
+        zp = self.init("zero_uint8_128", np.array(128, dtype=np.uint8))
         q = self.add("QuantizeLinear", [src, self.scale(fp), zp], f"{name}_q")
         return self.add("DequantizeLinear", [q, self.scale(fp), zp], f"{name}_dq")
 
@@ -81,7 +77,7 @@ class _Builder:
         if key not in self.done_params:
             t = self.graph.params[key].detach().float()
             spec = self.param_specs.get(key)
-            fp = self.table.params[key].fix_pos if key in self.table.params else None
+            fp = self.table.fix_pos(key)
             if spec is None or fp is None:
                 self.done_params[key] = self.init(key, t.numpy())
             else:
@@ -95,20 +91,17 @@ class _Builder:
         """The bias as int32 at the scale input x weight (exact for the usual shift_bias >= 0)."""
         if "bias" not in node.params:
             return None
-        key, w_key = node.params["bias"], node.params["weight"]
-        fp_b = self.table.params.get(key).fix_pos if key in self.table.params else None
-        fp_w = self.table.params.get(w_key).fix_pos if w_key in self.table.params else None
-        fp_x = self.table.fix_pos(self.plan.tensor_point.get(x.name, "")) if x.name in self.plan.tensor_point else None
+        key = node.params["bias"]
+        fp_b, fp_w = self.table.fix_pos(key), self.table.fix_pos(node.params["weight"])
+        fp_x = self.table.fix_pos(self.plan.tensor_point.get(x.name, ""))
         if None in (fp_b, fp_w, fp_x) or fp_w + fp_x < fp_b:
             return self.weight(node, "bias")
-        q = quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
-        q32 = (q.double() * 2.0 ** (fp_w + fp_x - fp_b)).numpy().astype(np.int32)
-        name = f"{key}_int32"
-        if name not in {i.name for i in self.inits}:
-            self.init(name, q32)
-            self.init(f"scale_{name}", np.array(math.ldexp(1.0, -(fp_w + fp_x)), dtype=np.float32))
-            self.add("DequantizeLinear", [name, f"scale_{name}", self.zero(np.int32)], f"{key}_dq32")
-        return f"{key}_dq32"
+        if key not in self.done_params:
+            q = quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
+            q32 = self.init(f"{key}_int32", (q.double() * 2.0 ** (fp_w + fp_x - fp_b)).numpy().astype(np.int32))
+            scale = self.init(f"scale_{q32}", np.array(math.ldexp(1.0, -(fp_w + fp_x)), dtype=np.float32))
+            self.done_params[key] = self.add("DequantizeLinear", [q32, scale, self.zero(np.int32)], f"{key}_dq32")
+        return self.done_params[key]
 
     def emit(self, node: Node, out: str) -> None:
         key = self.plan.tensor_point.get(node.name)

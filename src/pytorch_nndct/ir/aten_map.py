@@ -195,13 +195,17 @@ def _layer_norm(call: Call) -> Spec | None:
     return Spec(Op.LAYER_NORM, [call.args["input"]], attrs, params)
 
 
-@converts("aten.group_norm.default", produces=Op.GROUP_NORM)
-def _group_norm(call: Call) -> Spec | None:
+def _group_norm_spec(call: Call, groups_arg: str, first_of_tuple: bool) -> Spec | None:
     params = _params(call, weight="weight", bias="bias")
     if params is None:
         return None
-    attrs = {"num_groups": call.args["num_groups"], "eps": call.args["eps"]}
-    return Spec(Op.GROUP_NORM, [call.args["input"]], attrs, params)
+    attrs = {"num_groups": call.args[groups_arg], "eps": call.args["eps"]}
+    return Spec(Op.GROUP_NORM, [call.args["input"]], attrs, params, first_of_tuple)
+
+
+@converts("aten.group_norm.default", produces=Op.GROUP_NORM)
+def _group_norm(call: Call) -> Spec | None:
+    return _group_norm_spec(call, "num_groups", False)
 
 
 # --------------------------------------------------------------------------- element-wise
@@ -490,11 +494,7 @@ def _native_layer_norm(call: Call) -> Spec | None:
 
 @converts("aten.native_group_norm.default", produces=Op.GROUP_NORM)
 def _native_group_norm(call: Call) -> Spec | None:
-    params = _params(call, weight="weight", bias="bias")
-    if params is None:
-        return None
-    attrs = {"num_groups": call.args["group"], "eps": call.args["eps"]}
-    return Spec(Op.GROUP_NORM, [call.args["input"]], attrs, params, first_of_tuple=True)
+    return _group_norm_spec(call, "group", True)
 
 
 @converts("aten.max_pool2d_with_indices.default", produces=Op.MAX_POOL2D)

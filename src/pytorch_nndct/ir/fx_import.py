@@ -21,7 +21,7 @@ import torch.fx
 
 from ..errors import CaptureError
 from .aten_map import CONVERTERS, Call, Param, Spec, TorchConst
-from .graph import Graph, InputSpec, Node, Ref, TensorMeta
+from .graph import Graph, InputSpec, Node, Ref, TensorMeta, map_refs
 from .ops import Op
 
 log = logging.getLogger("pytorch_nndct")
@@ -349,8 +349,6 @@ class _Importer:
                 refs.append(value)
                 return Ref(len(refs) - 1)
             return value
-
-        from .graph import map_refs
 
         self.graph.output = map_refs(src.output, out_ref)
         self.graph.output_nodes = refs

@@ -60,13 +60,15 @@ def _check_leaves(value: Any, path: str) -> None:
     )
 
 
-def _templates(module: torch.nn.Module, args: tuple) -> tuple[list[InputSpec], list[torch.Tensor]]:
-    tensors: list[torch.Tensor] = []
+def _templates(module: torch.nn.Module, args: tuple) -> list[InputSpec]:
+    """One InputSpec per forward argument; tensor leaves become Refs to the inputs, in order."""
+    count = 0
 
     def walk(v: Any) -> Any:
+        nonlocal count
         if isinstance(v, torch.Tensor):
-            tensors.append(v)
-            return Ref(len(tensors) - 1)
+            count += 1
+            return Ref(count - 1)
         if isinstance(v, list | tuple):
             return type(v)(walk(x) for x in v)
         if isinstance(v, dict):
@@ -85,7 +87,7 @@ def _templates(module: torch.nn.Module, args: tuple) -> tuple[list[InputSpec], l
     for k, a in enumerate(args):
         name = names[k] if k < len(names) and names[k].isidentifier() else f"input_{k}"
         specs.append(InputSpec(name, walk(a)))
-    return specs, tensors
+    return specs
 
 
 def _run_eager(module: torch.nn.Module, args: tuple) -> Any:
@@ -229,7 +231,7 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
     try:
         out = _run_eager(module, args)
         _check_outputs(out)
-        specs, _ = _templates(module, args)
+        specs = _templates(module, args)
         try:
             graph = _export(module, args, specs, name)
         except Exception as exc:  # torch.export refused: fall back to a concrete trace
