@@ -58,7 +58,7 @@ def main() -> int:
             int8_path = str(test.export_onnx_model())
             fp32_path = str(Path(tmp) / "fp32.onnx")
             Path(fp32_path).write_bytes(
-                build_onnx(test.graph, test.plan, test.table, quantized=False).SerializeToString()
+                build_onnx(test.export_graph(), test.plan, test.table, quantized=False).SerializeToString()
             )
             for batch in (1, 8):
                 x = torch.randn(batch, 3, 224, 224)

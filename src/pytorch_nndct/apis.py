@@ -7,6 +7,7 @@ quantizer.export_quant_config()                         # calib: writes quant_in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import weakref
@@ -21,13 +22,16 @@ from .export.deploy import lower, sanitize
 from .export.deploy_check import write_deploy_check
 from .export.onnx_qdq import build_onnx
 from .export.partition import format_partition, partition
-from .export.quant_info import QUANT_INFO, check_table, read_quant_info, write_quant_info
+from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_quant_info, write_quant_info
 from .export.xmodel import write_xmodel
+from .ir.graph import Graph
 from .ir.trace import trace
 from .passes import optimize
+from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.plan import QuantPlan, graph_md5, make_plan
+from .quant.primitives import fix_pos_diffs
 from .quant.rules import apply_constraints
-from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach
+from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach, attach_bias_correction
 from .quant.table import QuantTable
 
 __all__ = ["dump_xmodel", "torch_quantizer"]
@@ -103,6 +107,7 @@ class torch_quantizer:
         *,
         bitwidth_w: int | None = None,
         bitwidth_a: int | None = None,
+        include_bias_corr: bool = True,
     ) -> None:
         self.mode = _parse_mode(quant_mode)
         if not isinstance(module, torch.nn.Module):
@@ -132,6 +137,11 @@ class torch_quantizer:
         self._model = load_module(write_module(self.graph, self.output_dir))
         self.state = QuantState(self.mode)
         self.points = attach(self._model, self.graph, self.plan, self.state)
+        self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
+        self.include_bias_corr = bool(include_bias_corr)
+        if self.mode is Mode.CALIB and self.include_bias_corr and self.corrector.layers:
+            self._model.register_forward_pre_hook(self._reference_pass, with_kwargs=True)
+            self._model.register_forward_hook(self._end_pass)
         if self.device is not None:
             self._model.to(self.device)
         self.table: QuantTable | None = None
@@ -165,8 +175,15 @@ class torch_quantizer:
             log.info("pytorch_nndct: %s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
             return path
         table = self._table_from_points()
+        corrections = self.corrector.values() if self.include_bias_corr else {}
+        if corrections:
+            table.bias_corrected = True
+            for key, value in corrections.items():  # the corrected bias may need another fix position
+                spec, corrected = table.params[key], self.graph.params[key].detach().cpu() + value
+                table.params[key] = spec.with_fix_pos(fix_pos_diffs(corrected, spec))
+            log.info("pytorch_nndct: bias correction: %s", BiasCorrector.describe(corrections))
         apply_constraints(self.graph, self.plan, table)
-        written = write_quant_info(table, self.output_dir)
+        written = write_quant_info(table, self.output_dir, corrections)
         log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
         return written
 
@@ -184,7 +201,7 @@ class torch_quantizer:
                 "Fix: calibrate and export_quant_config() first, then create the quantizer with quant_mode='test' "
                 "and export from it."
             )
-        deploy = lower(self.graph, self.plan, self.table, batch_size)
+        deploy = lower(self.export_graph(), self.plan, self.table, batch_size)
         out_dir = output_dir if output_dir is not None else self.output_dir
         check_inputs = self._deploy_check_inputs(deploy) if deploy_check else None
         path = write_xmodel(deploy, out_dir)
@@ -207,7 +224,7 @@ class torch_quantizer:
                 f"export_onnx_model() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} "
                 "mode. Fix: create the quantizer with quant_mode='test' after calibration and export from it."
             )
-        model = build_onnx(self.graph, self.plan, self.table)
+        model = build_onnx(self.export_graph(), self.plan, self.table)
         out = prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
         path = out / f"{sanitize(self.graph.name)}_int.onnx"
         write_atomic({path: model.SerializeToString()})
@@ -217,10 +234,37 @@ class torch_quantizer:
     def partition_report(self, batch_size: int | None = None) -> str:
         """Which ops a DPU would run and which stay on the CPU, with the reason for each (text table)."""
         table = self.table if self.table is not None else self._expected_table()
-        deploy = lower(self.graph, self.plan, table, batch_size)
-        return format_partition(partition(self.graph, self.plan, deploy))
+        graph = self.export_graph()
+        deploy = lower(graph, self.plan, table, batch_size)
+        return format_partition(partition(graph, self.plan, deploy))
 
     # ------------------------------------------------------------------ internals
+    def _reference_pass(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Calibration with bias correction: run the float model on a slice of the batch first."""
+        if self.state.mode is not Mode.CALIB or self.corrector.phase == "float":
+            return
+        f_args, f_kwargs = float_slice(args, kwargs)
+        self.corrector.phase, self.state.mode = "float", Mode.FLOAT
+        try:
+            with torch.no_grad():
+                module(*f_args, **f_kwargs)
+        finally:
+            self.corrector.phase, self.state.mode = "quant", Mode.CALIB
+
+    def _end_pass(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if self.corrector.phase == "quant":
+            self.corrector.phase = None
+
+    def export_graph(self) -> Graph:
+        """The optimized graph as it deploys: bias corrections (if any) added to the biases."""
+        values = {k: c.value for k, c in self.corrector.layers.items() if c.value is not None}
+        if not values:
+            return self.graph
+        params = dict(self.graph.params)
+        for key, value in values.items():
+            params[key] = params[key] + value.to(params[key].device, params[key].dtype)
+        return dataclasses.replace(self.graph, params=params)
+
     def _deploy_check_inputs(self, deploy: Any) -> list[torch.Tensor]:
         if self._last_inputs is None:
             raise NndctError(
@@ -277,6 +321,10 @@ class torch_quantizer:
         loaded, doc = read_quant_info(self.output_dir, self.graph.name)
         check_table(loaded, self._expected_table(), doc, str(self.output_dir / QUANT_INFO))
         self.table = loaded
+        if loaded.bias_corrected:
+            corrections = read_bias_corr(self.output_dir, set(self.corrector.layers))
+            for key, value in corrections.items():
+                self.corrector.layers[key].value = value.to(self.graph.params[key].device)
         for p in self.plan.params:
             pq: ParamQuant = self.points[p.key]
             pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)

@@ -23,6 +23,6 @@ def test_custom_ops_cannot_run(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GELU(), torch.nn.Conv2d(4, 2, 1)).eval()
     x = torch.randn(2, 3, 5, 5)
     quantizer = _quantize(model, x, [x], tmp_path)
-    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table)
+    deploy = lower(quantizer.export_graph(), quantizer.plan, quantizer.table)
     with pytest.raises(NndctError, match="cannot execute 'nndct_gelu'"):
         run_deploy_graph(deploy, [x[:1]])

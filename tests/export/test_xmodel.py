@@ -89,7 +89,7 @@ def simulate_and_lower(case: str, tmp_path, batch: int = 3):
     x = torch.randn(batch, *example.shape[1:])
     with torch.no_grad():
         simulated = quantizer.quant_model(x)
-    return x, simulated, lower(quantizer.graph, quantizer.plan, quantizer.table, batch=batch)
+    return x, simulated, lower(quantizer.export_graph(), quantizer.plan, quantizer.table, batch=batch)
 
 
 def as_deployed(simulated: torch.Tensor, deployed: torch.Tensor) -> torch.Tensor:
@@ -268,7 +268,7 @@ def test_deploy_check_files_equal_the_reference_run(tmp_path):
     quantizer.export_xmodel(deploy_check=True)
     folder = tmp_path / "deploy_check_data_int" / "DigitsNet"
     shapes = dict(line.split(": ")[::-1] for line in (folder / "shape.txt").read_text().splitlines())
-    deploy = lower(quantizer.graph, quantizer.plan, quantizer.table, 1)
+    deploy = lower(quantizer.export_graph(), quantizer.plan, quantizer.table, 1)
     expected = run_deploy_graph(deploy, [data[5:6]])
     assert set(shapes) == {op.name for op in deploy.ops}
     for op in deploy.ops:

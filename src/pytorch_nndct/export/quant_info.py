@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -14,9 +15,18 @@ from ..errors import NndctError
 from ..quant.spec import QuantSpec
 from ..quant.table import QuantTable
 
-__all__ = ["QUANT_INFO", "QuantInfoError", "check_table", "read_quant_info", "write_quant_info"]
+__all__ = [
+    "BIAS_CORR",
+    "QUANT_INFO",
+    "QuantInfoError",
+    "check_table",
+    "read_bias_corr",
+    "read_quant_info",
+    "write_quant_info",
+]
 
 QUANT_INFO = "quant_info.json"
+BIAS_CORR = "bias_corr.pth"  # per-channel bias corrections by bias key (when quant_info says bias_corrected)
 _ALSO_ACCEPTED = "Quant_info.json"  # the name the original tool wrote
 
 
@@ -30,8 +40,10 @@ def _version() -> str:
     return f"{__version__}+torch{torch.__version__}"
 
 
-def write_quant_info(table: QuantTable, output_dir: str | os.PathLike) -> Path:
-    """Write `<output_dir>/quant_info.json` for `table`; returns its path."""
+def write_quant_info(
+    table: QuantTable, output_dir: str | os.PathLike, bias_corr: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write `<output_dir>/quant_info.json` for `table` (and bias_corr.pth with it); returns its path."""
     m = table.model
     doc = {
         "param": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.params.items()},
@@ -42,9 +54,34 @@ def write_quant_info(table: QuantTable, output_dir: str | os.PathLike) -> Path:
         "version": _version(),
         "graph_md5": table.graph_md5,
     }
-    path = prepare_output_dir(output_dir) / QUANT_INFO
-    write_atomic({path: (json.dumps(doc, indent=2) + "\n").encode()})
+    folder = prepare_output_dir(output_dir)
+    path = folder / QUANT_INFO
+    files = {path: (json.dumps(doc, indent=2) + "\n").encode()}
+    if bias_corr:
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in bias_corr.items()}, buffer)
+        files[folder / BIAS_CORR] = buffer.getvalue()
+    write_atomic(files)
     return path
+
+
+def read_bias_corr(output_dir: str | os.PathLike, expected: set[str]) -> dict[str, torch.Tensor]:
+    """Read bias_corr.pth; its keys must be bias keys of this model (`expected`)."""
+    path = Path(output_dir) / BIAS_CORR
+    fix = "Fix: recalibrate (quant_mode='calib') to rewrite quant_info.json and bias_corr.pth together."
+    if not path.is_file():
+        raise QuantInfoError(f"quant_info.json says the model is bias-corrected, but {path} does not exist. {fix}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        why = f"{path} cannot be read as a tensor file ({type(exc).__name__}); it is corrupted."
+        raise QuantInfoError(f"{why} {fix}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise QuantInfoError(f"{path} does not hold a dict of tensors. {fix}")
+    extra = sorted(set(data) - expected)
+    if extra:
+        raise QuantInfoError(f"{path} corrects biases this model does not have: {_few(extra)}. {fix}")
+    return data
 
 
 def _entries(doc: dict, section: str, model: str, path: Path) -> dict[str, tuple[int, int | None]]:

@@ -33,14 +33,19 @@ class QuantHooks:
     """Hooks a quantizer may set on any generated submodule (pytorch_nndct.quant.runtime.attach).
 
     `nndct_out(value)` is applied to the submodule's output, `nndct_param(name, tensor)` to each parameter
-    it uses. Unset, the submodule computes in float.
+    it uses; on conv/linear layers, `nndct_seen(value)` sees the raw output first (bias correction). Unset,
+    the submodule computes in float.
     """
 
     nndct_out: Any = None
     nndct_param: Any = None
+    nndct_seen: Any = None
 
     def _out(self, value: Any) -> Any:
         return value if self.nndct_out is None else self.nndct_out(value)
+
+    def _seen(self, value: Any) -> Any:
+        return value if self.nndct_seen is None else self.nndct_seen(value)
 
     def _p(self, name: str, tensor: Any) -> Any:
         return tensor if self.nndct_param is None else self.nndct_param(name, tensor)
@@ -66,7 +71,8 @@ class Const(QuantHooks, torch.nn.Module):
 
 class _ConvHooks(QuantHooks):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._out(self._conv_forward(input, self._p("weight", self.weight), self._p("bias", self.bias)))
+        y = self._conv_forward(input, self._p("weight", self.weight), self._p("bias", self.bias))
+        return self._out(self._seen(y))
 
 
 class Conv1d(_ConvHooks, torch.nn.Conv1d):
@@ -89,7 +95,7 @@ class _ConvTransposeHooks(QuantHooks):
         out = type(self)._functional(
             input, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
-        return self._out(out)
+        return self._out(self._seen(out))
 
 
 class ConvTranspose1d(_ConvTransposeHooks, torch.nn.ConvTranspose1d):
@@ -106,7 +112,7 @@ class ConvTranspose3d(_ConvTransposeHooks, torch.nn.ConvTranspose3d):
 
 class Linear(QuantHooks, torch.nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._out(F.linear(input, self._p("weight", self.weight), self._p("bias", self.bias)))
+        return self._out(self._seen(F.linear(input, self._p("weight", self.weight), self._p("bias", self.bias))))
 
 
 class LayerNorm(QuantHooks, torch.nn.LayerNorm):

@@ -21,14 +21,16 @@ from typing import Any
 import torch
 
 from ..ir.graph import Graph
+from ..ir.ops import CONV_OPS, Op
 from . import kernels
+from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
 from .observers import ModeObserver
 from .plan import QuantPlan
 from .primitives import fake_quantize, fix_pos_diffs, fix_pos_maxmin, value_range
 from .spec import QuantSpec
 
-__all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach"]
+__all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -99,6 +101,7 @@ class ParamQuant:
         self.state = state
         self.specs: dict[str, QuantSpec] = {}  # attribute name -> spec (fix_pos set once calibrated)
         self.keys: dict[str, str] = {}  # attribute name -> parameter state-dict name
+        self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def add(self, attr: str, key: str, spec: QuantSpec) -> None:
@@ -109,6 +112,12 @@ class ParamQuant:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
         spec = self.specs[attr]
+        corr = self.corrections.get(attr)
+        corr_value = corr.value if corr is not None else None
+        stamp = (tensor.data_ptr(), tensor._version, tensor.device, spec.fix_pos)
+        if corr_value is not None:
+            stamp += (id(corr_value), corr_value._version)
+            tensor = tensor + corr_value.to(tensor.device, tensor.dtype)
         if spec.fix_pos is None:
             if self.state.mode is not Mode.CALIB:
                 return tensor
@@ -116,7 +125,7 @@ class ParamQuant:
             self.specs[attr] = spec
         if torch.is_grad_enabled() and tensor.requires_grad:
             return _ste(tensor, spec)  # never cached: each step needs its own autograd graph
-        stamp = (tensor.data_ptr(), tensor._version, tensor.device, spec.fix_pos)
+        stamp = (*stamp[:3], spec.fix_pos, *stamp[4:])
         cached = self._cache.get(attr)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -172,3 +181,20 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
                     node.attrs.get("negative_slope"),
                 )
     return points
+
+
+def attach_bias_correction(model: torch.nn.Module, graph: Graph, points: dict[str, Any]) -> BiasCorrector:
+    """Give every quantized conv/linear with a bias a correction (zero until calibration or loading sets it)."""
+    corrector = BiasCorrector()
+    for k, node in enumerate(graph.nodes):
+        if node.op not in CONV_OPS and node.op is not Op.LINEAR:
+            continue
+        key = node.params.get("bias")
+        pq = points.get(key) if key is not None else None
+        sub = getattr(model, f"module_{k}", None)
+        if not isinstance(pq, ParamQuant) or sub is None or not hasattr(sub, "nndct_seen"):
+            continue
+        layer = corrector.layers[key] = LayerCorrection(key, -1 if node.op is Op.LINEAR else 1)
+        pq.corrections["bias"] = layer
+        sub.nndct_seen = corrector.hook(layer)
+    return corrector
