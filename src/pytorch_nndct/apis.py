@@ -8,6 +8,7 @@ quantizer.export_quant_config()                         # calib: writes quant_in
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import weakref
@@ -28,6 +29,7 @@ from .ir.graph import Graph
 from .ir.trace import trace
 from .passes import optimize
 from .quant.bias_corr import BiasCorrector, float_slice
+from .quant.config import ConfigError, QuantConfig, parse_config
 from .quant.plan import QuantPlan, graph_md5, make_plan
 from .quant.primitives import fix_pos_diffs
 from .quant.rules import apply_constraints
@@ -91,6 +93,17 @@ def _on_device_of(module: torch.nn.Module, input_args: Any) -> Any:
     )
 
 
+def _read_config(path: str | os.PathLike, bitwidth_w: int, bitwidth_a: int) -> QuantConfig:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"quant_config_file {str(file)!r} does not exist. Fix: pass the path of a JSON config file.")
+    try:
+        doc = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"quant_config_file {str(file)!r} is not valid JSON: {exc}.") from exc
+    return parse_config(doc, bitwidth_w, bitwidth_a, where=str(file))
+
+
 class torch_quantizer:
     """Build the quantized version of `module` (see the seed README for the workflow)."""
 
@@ -107,7 +120,7 @@ class torch_quantizer:
         *,
         bitwidth_w: int | None = None,
         bitwidth_a: int | None = None,
-        include_bias_corr: bool = True,
+        include_bias_corr: bool | None = None,
     ) -> None:
         self.mode = _parse_mode(quant_mode)
         if not isinstance(module, torch.nn.Module):
@@ -119,13 +132,18 @@ class torch_quantizer:
                 "input_args is required: an example input (tensor or tuple) with the real shapes, e.g. "
                 "torch.randn(1, 3, 224, 224)."
             )
-        if quant_config_file is not None:
-            raise InputError("quant_config_file is not supported yet; leave it out to use the default DPU config.")
         self.bitwidth_w = bitwidth_w or bitwidth or 8
         self.bitwidth_a = bitwidth_a or bitwidth or 8
         for name, bw in (("bitwidth_w", self.bitwidth_w), ("bitwidth_a", self.bitwidth_a)):
             if not isinstance(bw, int) or not 2 <= bw <= 16:
                 raise InputError(f"{name} must be an integer from 2 to 16, got {bw!r}.")
+        self.config: QuantConfig = (
+            QuantConfig.default(self.bitwidth_w, self.bitwidth_a)
+            if quant_config_file is None
+            else _read_config(quant_config_file, self.bitwidth_w, self.bitwidth_a)
+        )
+        if include_bias_corr is not None:
+            self.config.include_bias_corr = bool(include_bias_corr)
         if state_dict_file is not None:
             _load_state_dict(module, state_dict_file)
         self.output_dir = prepare_output_dir(output_dir)
@@ -133,13 +151,13 @@ class torch_quantizer:
 
         self.graph = optimize(trace(module, _on_device_of(module, input_args)))
         self.graph_md5 = graph_md5(self.graph)
-        self.plan: QuantPlan = make_plan(self.graph, self.bitwidth_w, self.bitwidth_a)
+        module_types = {name: type(m) for name, m in module.named_modules()}
+        self.plan: QuantPlan = make_plan(self.graph, config=self.config, module_types=module_types)
         self._model = load_module(write_module(self.graph, self.output_dir))
         self.state = QuantState(self.mode)
         self.points = attach(self._model, self.graph, self.plan, self.state)
         self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
-        self.include_bias_corr = bool(include_bias_corr)
-        if self.mode is Mode.CALIB and self.include_bias_corr and self.corrector.layers:
+        if self.mode is Mode.CALIB and self.config.include_bias_corr and self.corrector.layers:
             self._model.register_forward_pre_hook(self._reference_pass, with_kwargs=True)
             self._model.register_forward_hook(self._end_pass)
         if self.device is not None:
@@ -175,7 +193,7 @@ class torch_quantizer:
             log.info("pytorch_nndct: %s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
             return path
         table = self._table_from_points()
-        corrections = self.corrector.values() if self.include_bias_corr else {}
+        corrections = self.corrector.values() if self.config.include_bias_corr else {}
         if corrections:
             table.bias_corrected = True
             for key, value in corrections.items():  # the corrected bias may need another fix position
@@ -200,6 +218,11 @@ class torch_quantizer:
                 f"export_xmodel() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} mode. "
                 "Fix: calibrate and export_quant_config() first, then create the quantizer with quant_mode='test' "
                 "and export from it."
+            )
+        if self.config.target_device != "DPU":
+            raise NndctError(
+                f"export_xmodel() writes a DPU model, but the quant config targets {self.config.target_device}. "
+                "Fix: export with export_onnx_model(), or calibrate with target_device DPU."
             )
         deploy = lower(self.export_graph(), self.plan, self.table, batch_size)
         out_dir = output_dir if output_dir is not None else self.output_dir

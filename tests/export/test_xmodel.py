@@ -20,13 +20,13 @@ from quant_process import model_and_data
 from small_models import golden_models
 
 
-def _quantize(model, example, batches, out_dir):
-    calib = torch_quantizer("calib", model, (example,), output_dir=out_dir)
+def _quantize(model, example, batches, out_dir, **kwargs):
+    calib = torch_quantizer("calib", model, (example,), output_dir=out_dir, **kwargs)
     with torch.no_grad():
         for b in batches:
             calib.quant_model(b)
     calib.export_quant_config()
-    return torch_quantizer("test", model, (example,), output_dir=out_dir)
+    return torch_quantizer("test", model, (example,), output_dir=out_dir, **kwargs)
 
 
 class ShuffleSlice(nn.Module):

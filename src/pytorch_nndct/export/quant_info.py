@@ -147,6 +147,18 @@ def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], p
             problems.append(f"{len(missing)} {section} key(s) of this model are missing: {_few(missing)}")
         if extra:
             problems.append(f"{len(extra)} {section} key(s) are not in this model: {_few(extra)}")
+    if not problems:
+        widths = [
+            f"{k} ({got[k].bitwidth} bit, this quantizer: {want[k].bitwidth})"
+            for got, want in ((loaded.params, expected.params), (loaded.outputs, expected.outputs))
+            for k in want
+            if got[k].bitwidth != want[k].bitwidth
+        ]
+        if widths:
+            raise QuantInfoError(
+                f"{path} was calibrated with other bit widths: {_few(widths, 3)}. Fix: create the test-mode quantizer "
+                "with the same bitwidth and quant_config_file as calibration, or recalibrate."
+            )
     models = {k.split("::", 1)[0] for s in ("param", "output") for k in doc.get(s, {}) if "::" in k}
     if models and models != {expected.model}:
         problems.append(f"it was written for model {', '.join(sorted(models))}, not {expected.model}")

@@ -1,17 +1,23 @@
-"""Observers collect; pure functions decide. An activation's fix position is the mode over batches."""
+"""Observers collect; pure functions decide. An activation's fix position is a statistic over batches."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
 
-__all__ = ["ModeObserver"]
+__all__ = ["FixPosObserver", "ModeObserver"]
 
 
-class ModeObserver:
-    """Counts the fix position found on each calibration batch; the value kept is the most frequent one
-    (the smallest among ties)."""
+class FixPosObserver:
+    """Counts the fix position found on each calibration batch; `value` is the chosen statistic:
+    "modal" the most frequent (the smallest among ties), "max" the smallest (it covers the largest range
+    seen), "mean" the mean rounded half up, "median" the lower median."""
 
-    def __init__(self) -> None:
+    def __init__(self, statistic: str = "modal") -> None:
+        if statistic not in ("modal", "max", "mean", "median"):
+            raise ValueError(f"unknown calibration statistic {statistic!r}")
+        self.statistic = statistic
         self.counts: Counter[int] = Counter()
 
     def observe(self, fix_pos: int) -> None:
@@ -25,5 +31,18 @@ class ModeObserver:
     def value(self) -> int | None:
         if not self.counts:
             return None
+        if self.statistic == "max":
+            return min(self.counts)
+        if self.statistic == "mean":
+            return math.floor(sum(fp * c for fp, c in self.counts.items()) / self.batches + 0.5)
+        if self.statistic == "median":
+            return statistics.median_low(self.counts.elements())
         best = max(self.counts.values())
         return min(fp for fp, c in self.counts.items() if c == best)
+
+
+class ModeObserver(FixPosObserver):
+    """The default statistic (SPEC 2.1): the mode over batches."""
+
+    def __init__(self) -> None:
+        super().__init__("modal")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import CONV_OPS, Op
-from .spec import QuantSpec, RoundMode, TensorKind
+from .config import QuantConfig
+from .spec import CalibSpec, QuantSpec, TensorKind
 
 __all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "make_plan"]
 
@@ -96,6 +97,7 @@ class ParamPoint:
     role: str
     key: str  # the parameter's state-dict name
     spec: QuantSpec
+    calib: CalibSpec = field(default_factory=CalibSpec)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class QuantPlan:
     tensor_point: dict[str, str] = field(default_factory=dict)  # node name -> key whose fp its output uses
     input_points: set[str] = field(default_factory=set)  # output keys that are network inputs (maxmin)
     float_ops: dict[str, str] = field(default_factory=dict)  # node name -> why it runs in float
+    calibs: dict[str, CalibSpec] = field(default_factory=dict)  # output key -> how its fix position is found
 
 
 def _is_float_tensor(node: Node) -> bool:
@@ -117,21 +120,38 @@ def _is_output(graph: Graph, node: Node) -> bool:
     return any(n is node for n in graph.output_nodes)
 
 
-def make_plan(graph: Graph, bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantPlan:
-    """Plan the quantization points of an optimized graph."""
+def make_plan(
+    graph: Graph,
+    bitwidth_w: int = 8,
+    bitwidth_a: int = 8,
+    config: QuantConfig | None = None,
+    module_types: dict[str, type] | None = None,
+) -> QuantPlan:
+    """Plan the quantization points of an optimized graph.
+
+    `config` (default: the original's defaults at the given bit widths) sets each tensor's format and
+    calibration; its per-layer rules match node scopes, and module types through `module_types`
+    (scope -> the float model's module class).
+    """
     plan = QuantPlan()
-    act = QuantSpec(bitwidth_a, True, RoundMode.HALF_UP)
-    inp = QuantSpec(bitwidth_a, True, RoundMode.HALF_UP)
-    specs = {
-        TensorKind.WEIGHT: QuantSpec(bitwidth_w, True, RoundMode.HALF_AWAY),
-        TensorKind.BIAS: QuantSpec(bitwidth_a, True, RoundMode.HALF_AWAY),
-    }
+    config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
+    types = module_types or {}
+
+    def setting(kind: TensorKind, node: Node):
+        return config.tensor(kind, node.scope, types.get(node.scope))
+
     for node in graph.nodes:
         if node.op in _PARAM_OPS:
             for role, key in node.params.items():
                 kind = _PARAM_KINDS.get(role)
                 if kind is not None and graph.params[key].is_floating_point():
-                    plan.params.append(ParamPoint(node.name, role, key, specs[kind]))
+                    t = setting(kind, node)
+                    plan.params.append(ParamPoint(node.name, role, key, t.spec(), t.calib))
+
+    def add_point(name: str, kind: TensorKind, node: Node) -> None:
+        t = setting(kind, node)
+        plan.outputs[name] = t.spec()
+        plan.calibs[name] = t.calib
 
     def group_end(node: Node) -> Node:
         end = node
@@ -157,14 +177,14 @@ def make_plan(graph: Graph, bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantPl
             if node.op is Op.CONST:
                 plan.tensor_point.update({m.name: node.params["value"] for m in members})
                 continue
-            plan.outputs[end.name] = inp if node.op is Op.INPUT else act
+            add_point(end.name, TensorKind.INPUT if node.op is Op.INPUT else TensorKind.ACTIVATION, node)
             if node.op is Op.INPUT:
                 plan.input_points.add(end.name)
             plan.tensor_point.update({m.name: end.name for m in members})
         elif role in (Role.LAYOUT, Role.STRUCTURE) and node.inputs and node.inputs[0].name in plan.tensor_point:
             plan.tensor_point[node.name] = plan.tensor_point[node.inputs[0].name]  # same values, same grid
         elif role is Role.FUSIBLE and _is_float_tensor(node) and node.inputs[0].name in plan.tensor_point:
-            plan.outputs[node.name] = act  # an activation whose producer has other readers
+            add_point(node.name, TensorKind.ACTIVATION, node)  # an activation whose producer has other readers
             plan.tensor_point[node.name] = node.name
         elif role in (Role.FLOAT, Role.FUSIBLE) or (role is Role.QUANTIZED and not _is_float_tensor(node)):
             plan.float_ops[node.name] = _float_reason(node)
@@ -176,6 +196,7 @@ def make_plan(graph: Graph, bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantPl
             if end in plan.outputs and len(src.users) == 1 and end not in plan.input_points:
                 if not _is_output(graph, src):
                     del plan.outputs[end]
+                    plan.calibs.pop(end, None)
                     shared = plan.tensor_point[cat.name]
                     for name, key in list(plan.tensor_point.items()):
                         if key == end:
@@ -187,7 +208,7 @@ def make_plan(graph: Graph, bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantPl
             continue
         for src in node.inputs:
             if src.name not in plan.tensor_point and _is_float_tensor(src) and QUANT_ROLE[src.op] is not Role.STRUCTURE:
-                plan.outputs[src.name] = act
+                add_point(src.name, TensorKind.ACTIVATION, src)
                 plan.tensor_point[src.name] = src.name
     return plan
 

@@ -12,16 +12,18 @@ from collections.abc import Callable
 
 import torch
 
-from .spec import QuantSpec, RoundMode, fp_cap
+from .spec import CalibSpec, QuantSpec, RoundMode, fp_cap
 
 __all__ = [
     "ALL_ZERO_FIX_POS",
     "DIFFS_SCOPE",
     "avgpool_factor",
+    "calibrate",
     "diffs_errors",
     "fake_quantize",
     "fix_pos_diffs",
     "fix_pos_maxmin",
+    "fix_pos_percentile",
     "quantize",
     "round_",
     "value_range",
@@ -155,3 +157,27 @@ def avgpool_factor(kernel_area: int) -> tuple[int, int]:
             best = (err, m, s)
     assert best is not None
     return best[1], best[2]
+
+
+def fix_pos_percentile(x: torch.Tensor, bitwidth: int, percentage: float) -> int:
+    """The "percentile" method: maxmin on [-p, p], p the `percentage` percentile of |x|."""
+    flat = x.detach().reshape(-1).abs().float()
+    k = min(flat.numel(), max(1, math.ceil(flat.numel() * percentage / 100.0)))
+    p = float(flat.kthvalue(k).values) if k < flat.numel() else float(flat.max())
+    return fix_pos_maxmin(x, bitwidth, (-p, p))
+
+
+def calibrate(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    calib: CalibSpec,
+    errors: ErrorsFn = diffs_errors,
+    value_range_: tuple[float, float] | None = None,
+) -> int:
+    """The fix position of one tensor by `calib.method` (see CalibSpec)."""
+    if calib.method == "maxmin":
+        return fix_pos_maxmin(x, spec.bitwidth, value_range_)
+    if calib.method == "percentile":
+        return fix_pos_percentile(x, spec.bitwidth, calib.percentage)
+    scope = spec.bitwidth if calib.method == "mse" else DIFFS_SCOPE
+    return fix_pos_diffs(x, spec, scope, errors, value_range_)

@@ -25,10 +25,10 @@ from ..ir.ops import CONV_OPS, Op
 from . import kernels
 from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
-from .observers import ModeObserver
+from .observers import FixPosObserver
 from .plan import QuantPlan
-from .primitives import fake_quantize, fix_pos_diffs, fix_pos_maxmin, value_range
-from .spec import QuantSpec
+from .primitives import calibrate, fake_quantize, value_range
+from .spec import CalibSpec, QuantSpec
 
 __all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
 
@@ -57,12 +57,12 @@ class QuantState:
 class ActPoint:
     """The quantization point on one op's output (an activation or a network input)."""
 
-    def __init__(self, key: str, spec: QuantSpec, state: QuantState, scope: int) -> None:
+    def __init__(self, key: str, spec: QuantSpec, state: QuantState, calib: CalibSpec | None = None) -> None:
         self.key = key
         self.spec = spec
         self.state = state
-        self.scope = scope  # 5 = diffs, 1 = maxmin (network inputs)
-        self.observer = ModeObserver()
+        self.calib = calib or CalibSpec()
+        self.observer = FixPosObserver(self.calib.statistic)
         self.fix_pos: int | None = None  # loaded or exported value (test mode)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,7 @@ class ActPoint:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
                 return x
-            if self.scope <= 1:
-                fp = fix_pos_maxmin(x, self.spec.bitwidth, (lo, hi))
-            else:
-                fp = fix_pos_diffs(x, self.spec, self.scope, kernels.diffs_errors, (lo, hi))
-            self.observer.observe(fp)
+            self.observer.observe(calibrate(x, self.spec, self.calib, kernels.diffs_errors, (lo, hi)))
             current = self.observer.value
         else:
             current = self.fix_pos
@@ -100,13 +96,15 @@ class ParamQuant:
     def __init__(self, state: QuantState) -> None:
         self.state = state
         self.specs: dict[str, QuantSpec] = {}  # attribute name -> spec (fix_pos set once calibrated)
+        self.calibs: dict[str, CalibSpec] = {}  # attribute name -> how its fix position is found
         self.keys: dict[str, str] = {}  # attribute name -> parameter state-dict name
         self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
-    def add(self, attr: str, key: str, spec: QuantSpec) -> None:
+    def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
         self.specs[attr] = spec
         self.keys[attr] = key
+        self.calibs[attr] = calib or CalibSpec()
 
     def __call__(self, attr: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
@@ -118,10 +116,11 @@ class ParamQuant:
         if corr_value is not None:
             stamp += (id(corr_value), corr_value._version)
             tensor = tensor + corr_value.to(tensor.device, tensor.dtype)
-        if spec.fix_pos is None:
+        recalibrate = corr_value is not None and self.state.mode is Mode.CALIB  # the bias moves with its correction
+        if spec.fix_pos is None or recalibrate:
             if self.state.mode is not Mode.CALIB:
                 return tensor
-            spec = spec.with_fix_pos(fix_pos_diffs(tensor, spec))
+            spec = spec.with_fix_pos(calibrate(tensor.detach(), spec, self.calibs[attr]))
             self.specs[attr] = spec
         if torch.is_grad_enabled() and tensor.requires_grad:
             return _ste(tensor, spec)  # never cached: each step needs its own autograd graph
@@ -158,8 +157,7 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
         if sub is None:
             log.warning("pytorch_nndct: %s has no module to quantize its output; it stays float", name)
             continue
-        scope = 1 if name in plan.input_points else 5
-        sub.nndct_out = points[name] = ActPoint(name, spec, state, scope)
+        sub.nndct_out = points[name] = ActPoint(name, spec, state, plan.calibs.get(name))
     by_node: dict[str, ParamQuant] = {}
     for p in plan.params:
         sub = getattr(model, f"module_{index[p.node]}")
@@ -167,7 +165,7 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
         if pq is None:
             pq = by_node[p.node] = ParamQuant(state)
             sub.nndct_param = pq
-        pq.add(p.role, p.key, p.spec)
+        pq.add(p.role, p.key, p.spec, p.calib)
         points[p.key] = pq
     for k, node in enumerate(graph.nodes):
         dpu = DPU_FUNCTIONS.get(node.op)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["FP_CAP_NARROW", "FP_CAP_WIDE", "QuantSpec", "RoundMode", "TensorKind", "fp_cap"]
+__all__ = ["FP_CAP_NARROW", "FP_CAP_WIDE", "CalibSpec", "QuantSpec", "RoundMode", "TensorKind", "fp_cap"]
 
 FP_CAP_NARROW = 12  # largest fix position for bit widths <= 8 (SPEC 2)
 FP_CAP_WIDE = 15  # and for wider ones
@@ -60,3 +60,18 @@ class QuantSpec:
 
     def with_fix_pos(self, fix_pos: int | None) -> QuantSpec:
         return QuantSpec(self.bitwidth, self.signed, self.round_mode, fix_pos)
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """How a fix position is found: the method on one tensor (or batch), and the statistic over batches.
+
+    method: "diffs" (SPEC 2.1: the best of 5 candidates by squared error), "maxmin" (no clipping),
+    "mse" (the best over bit-width candidates), "percentile" (no clipping of the `percentage` percentile of
+    |x|). statistic (activations): "modal" (the most frequent per-batch fix position), "max" (the
+    smallest, which covers the largest range seen), "mean" (rounded half up), "median" (the lower one).
+    """
+
+    method: str = "diffs"
+    statistic: str = "modal"
+    percentage: float = 99.99
