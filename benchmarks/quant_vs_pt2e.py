@@ -4,10 +4,12 @@
 
 Random weights with BN statistics populated by train-mode forwards; the same calibration batches (batch
 8) and the same evaluation batch for every method, in one run. Prints, per model:
-- output SQNR against the float model: ours (default: with bias correction; and without) and PT2E
+- output SQNR against the float model: ours (default: cross-layer equalization and bias correction; bias
+  correction only; neither, the bare numerics) and PT2E
   (XNNPACKQuantizer, per-tensor symmetric weights and activations, HistogramObserver; and, for reference,
   XNNPACK's default with affine activations);
-- calibration time / float time over the calibration batches (ours; PT2E's observers);
+- calibration time / float time over the calibration batches (ours with the defaults and with neither
+  helper; PT2E's observers);
 - test-mode time / float time (ours: fake-quant simulation; PT2E: its converted reference model).
 Times are wall clock after warm-up passes (which also compile our fused kernels); float and test-mode times
 are the best of 3 passes (calibration too: more passes only add observations). Run it on an idle machine.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import sys
 import tempfile
@@ -44,12 +47,14 @@ def timed(fn, batches, repeats: int = 3) -> float:
     return best
 
 
-def ours(model, example, calib, test_x, out_dir, bias_corr: bool = True):
-    q = torch_quantizer("calib", model, (example,), output_dir=out_dir, include_bias_corr=bias_corr)
+def ours(model, example, calib, test_x, out_dir, cle: bool = True, bias_corr: bool = True):
+    config = Path(out_dir) / "config.json"
+    config.write_text(json.dumps({"include_cle": cle, "include_bias_corr": bias_corr}))
+    q = torch_quantizer("calib", model, (example,), output_dir=out_dir, quant_config_file=config)
     qm = q.quant_model
     t_calib = timed(qm, calib)
     q.export_quant_config()
-    t = torch_quantizer("test", model, (example,), output_dir=out_dir).quant_model
+    t = torch_quantizer("test", model, (example,), output_dir=out_dir, quant_config_file=config).quant_model
     with torch.no_grad():
         t(test_x)  # warm-up
         out = t(test_x)
@@ -95,10 +100,11 @@ def main() -> int:
         f"{args.batch_size}"
     )
     print(
-        "| model | SQNR ours (dB) | SQNR ours, no bias corr (dB) | SQNR PT2E sym (dB) | SQNR PT2E affine act (dB) "
-        "| calib/float ours | calib/float ours, no bias corr | calib/float PT2E | test/float ours | test/float PT2E |"
+        "| model | SQNR ours (dB) | SQNR ours, BC only (dB) | SQNR ours, neither (dB) | SQNR PT2E sym (dB) "
+        "| SQNR PT2E affine act (dB) | calib/float ours | calib/float ours, neither | calib/float PT2E "
+        "| test/float ours | test/float PT2E |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         size = 299 if name == "inception_v3" else 224
         torch.manual_seed(0)
@@ -114,11 +120,13 @@ def main() -> int:
             with torch.no_grad():  # warm-up (compiles our kernels once per process)
                 torch_quantizer("calib", model, (calib[0][:2],), output_dir=tmp).quant_model(calib[0])
             o_out, o_cal, o_test = ours(model, calib[0][:2], calib, test_x, tmp)
-            n_out, n_cal, _ = ours(model, calib[0][:2], calib, test_x, tmp, bias_corr=False)
+            b_out, _, _ = ours(model, calib[0][:2], calib, test_x, tmp, cle=False)
+            n_out, n_cal, _ = ours(model, calib[0][:2], calib, test_x, tmp, cle=False, bias_corr=False)
         p_out, p_cal, p_test = pt2e(model, calib[0], calib, test_x)
         a_out, _, _ = pt2e(model, calib[0], calib, test_x, symmetric_activations=False)
         print(
-            f"| {name} | {sqnr_db(ref, o_out):.2f} | {sqnr_db(ref, n_out):.2f} | {sqnr_db(ref, p_out):.2f} | "
+            f"| {name} | {sqnr_db(ref, o_out):.2f} | {sqnr_db(ref, b_out):.2f} | {sqnr_db(ref, n_out):.2f} | "
+            f"{sqnr_db(ref, p_out):.2f} | "
             f"{sqnr_db(ref, a_out):.2f} | {o_cal / t_float:.2f} | {n_cal / t_float:.2f} | {p_cal / t_float:.2f} | "
             f"{o_test / t_float:.2f} | {p_test / t_float:.2f} |",
             flush=True,

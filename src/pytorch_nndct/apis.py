@@ -27,7 +27,7 @@ from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_qua
 from .export.xmodel import write_xmodel
 from .ir.graph import Graph
 from .ir.trace import trace
-from .passes import optimize
+from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.config import ConfigError, QuantConfig, parse_config
 from .quant.plan import QuantPlan, graph_md5, make_plan
@@ -150,6 +150,10 @@ class torch_quantizer:
         self.device = torch.device(device) if device is not None else None
 
         self.graph = optimize(trace(module, _on_device_of(module, input_args)))
+        if self.config.include_cle:
+            pairs = len(equalization_pairs(self.graph))
+            if equalize_(self.graph):
+                log.info("pytorch_nndct: cross-layer equalization balanced %d conv pair(s)", pairs)
         self.graph_md5 = graph_md5(self.graph)
         module_types = {name: type(m) for name, m in module.named_modules()}
         self.plan: QuantPlan = make_plan(self.graph, config=self.config, module_types=module_types)

@@ -12,12 +12,15 @@ from collections.abc import Callable, Sequence
 from ..ir.graph import Graph
 from ..ir.verify import GraphInvariantError, verify
 from .cleanup import remove_dead_code_, remove_dropout_, remove_identity_
+from .equalize import equalization_pairs, equalize_
 from .fold_bn import bn_to_channel_scale_, fold_bn_
 
 __all__ = [
     "DEFAULT_PASSES",
     "Pass",
     "bn_to_channel_scale_",
+    "equalization_pairs",
+    "equalize_",
     "fold_bn_",
     "optimize",
     "remove_dead_code_",
