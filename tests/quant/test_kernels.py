@@ -38,3 +38,18 @@ def test_one_kernel_serves_every_rank_without_falling_back():
         x = torch.randn(shape).transpose(0, -1) if len(shape) > 1 else torch.randn(shape)
         assert torch.equal(kernels.fake_quantize(x, spec), primitives.fake_quantize(x, spec))
     assert not kernels.failed()
+
+
+def test_relu6_fused_into_the_output_point_is_exact():
+    from pytorch_nndct.quant.runtime import ActPoint, Mode, QuantState
+
+    state = QuantState(Mode.TEST)
+    point = ActPoint("relu6_1", QuantSpec(8, True, RoundMode.HALF_UP), state)
+    point.fused_clamp = (0.0, 6.0)
+    x = torch.randn(64, 128) * 8
+    for fp in (4, 3, -1):
+        point.fix_pos = fp
+        expected = kernels.fake_quantize(torch.nn.functional.relu6(x), QuantSpec(8, True, RoundMode.HALF_UP, fp))
+        assert point.fused_bounds(fp) == (0, min(127, int(6 * 2.0**fp)))
+        assert torch.equal(point(x), expected)
+    assert point.fused_bounds(-2) is None  # 6 is not on the grid of fix position -2: the ReLU6 runs itself

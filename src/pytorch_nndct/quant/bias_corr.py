@@ -77,7 +77,8 @@ class LayerCorrection:
         self.value.sub_(step)
         view = [1] * y.dim()
         view[self.channel_dim % y.dim()] = -1
-        return y - step.to(y.dtype).view(view)
+        step = step.to(y.dtype).view(view)
+        return y - step if y.requires_grad else y.sub_(step)
 
 
 def _same_samples(y: torch.Tensor, float_shape: torch.Size) -> torch.Tensor | None:

@@ -94,11 +94,14 @@ def _scales(fix_positions: tuple[int, ...], dtype: torch.dtype, device: torch.de
     return t
 
 
-def _bounds(spec: QuantSpec, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (("bounds", spec.qmin, spec.qmax), dtype, device)
+def _bounds(
+    spec: QuantSpec, dtype: torch.dtype, device: torch.device, bounds: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = bounds or (spec.qmin, spec.qmax)
+    key = (("bounds", lo, hi), dtype, device)
     t = _SCALES.get(key)
     if t is None:
-        t = _SCALES[key] = torch.tensor([spec.qmin, spec.qmax], dtype=dtype, device=device)
+        t = _SCALES[key] = torch.tensor([lo, hi], dtype=dtype, device=device)
     return t[0], t[1]
 
 
@@ -107,12 +110,18 @@ def failed() -> bool:
     return any(k.failed for k in (*_FQ.values(), *_ERRORS.values()))
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Same result as primitives.fake_quantize, in one fused pass."""
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, bounds: tuple[int, int] | None = None) -> torch.Tensor:
+    """Same result as primitives.fake_quantize, in one fused pass.
+
+    `bounds` narrows the integer range [qmin, qmax]: fake_quantize(relu6(x)) is fake_quantize(x) with
+    bounds (0, 6 * 2^fp) when 6 * 2^fp is an integer (rounding is monotone and 0 and 6 are on the grid).
+    """
     if x.numel() < 4096 or (torch.is_grad_enabled() and x.requires_grad):
+        if bounds is not None:
+            x = x.clamp(bounds[0] * 2.0**-spec.fix_pos, bounds[1] * 2.0**-spec.fix_pos)
         return primitives.fake_quantize(x, spec)
     scale = _scales((spec.fix_pos,), x.dtype, x.device)[0]
-    lo, hi = _bounds(spec, x.dtype, x.device)
+    lo, hi = _bounds(spec, x.dtype, x.device, bounds)
     # always 1-D, so one compiled kernel serves tensors of every rank (no recompiles per shape)
     return _FQ[spec.round_mode](x.reshape(-1), scale, lo, hi).view(x.shape)
 

@@ -64,6 +64,16 @@ class ActPoint:
         self.calib = calib or CalibSpec()
         self.observer = FixPosObserver(self.calib.statistic)
         self.fix_pos: int | None = None  # loaded or exported value (test mode)
+        self.fused_clamp: tuple[float, float] | None = None  # test mode: a ReLU/ReLU6 this point applies itself
+
+    def fused_bounds(self, fix_pos: int) -> tuple[int, int] | None:
+        """Integer bounds that apply `fused_clamp` exactly inside the fake-quantization, or None."""
+        if self.fused_clamp is None:
+            return None
+        lo, hi = (v * 2.0**fix_pos for v in self.fused_clamp)
+        if not (lo.is_integer() and (hi == math.inf or hi.is_integer())):
+            return None
+        return max(self.spec.qmin, int(lo)), min(self.spec.qmax, int(hi) if hi != math.inf else self.spec.qmax)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.state.mode
@@ -80,6 +90,8 @@ class ActPoint:
             current = self.fix_pos
             if current is None:
                 return x
+            if self.fused_clamp is not None:
+                return kernels.fake_quantize(x, self.spec.with_fix_pos(current), self.fused_bounds(current))
         return kernels.fake_quantize(x, self.spec.with_fix_pos(current))
 
     def __call__(self, value: Any) -> Any:
@@ -145,6 +157,27 @@ def _dpu_wrapper(state: QuantState, float_fn: Callable, dpu_fn: Callable) -> Cal
     return run
 
 
+_FUSED_CLAMPS = {Op.RELU: (0.0, math.inf), Op.RELU6: (0.0, 6.0)}
+
+
+def _fused_activation(state: QuantState, fn: Callable, point: ActPoint) -> Callable:
+    """In test mode a ReLU/ReLU6 whose output point can clamp exactly is left to that point (one pass less)."""
+
+    def run(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if (
+            state.mode is Mode.TEST
+            and point.fix_pos is not None
+            and isinstance(x, torch.Tensor)
+            and x.is_floating_point()
+            and not args
+            and point.fused_bounds(point.fix_pos) is not None
+        ):
+            return x
+        return fn(x, *args, **kwargs)
+
+    return run
+
+
 def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantState) -> dict[str, Any]:
     """Set the quantization hooks of a generated module (module_k is graph.nodes[k]).
 
@@ -167,6 +200,11 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
             sub.nndct_param = pq
         pq.add(p.role, p.key, p.spec, p.calib)
         points[p.key] = pq
+    for k, node in enumerate(graph.nodes):
+        point, sub = points.get(node.name), getattr(model, f"module_{k}", None)
+        if node.op in _FUSED_CLAMPS and isinstance(point, ActPoint) and sub is not None and hasattr(sub, "_fn"):
+            point.fused_clamp = _FUSED_CLAMPS[node.op]
+            sub._fn = _fused_activation(state, sub._fn, point)
     for k, node in enumerate(graph.nodes):
         dpu = DPU_FUNCTIONS.get(node.op)
         sub = getattr(model, f"module_{k}", None)
