@@ -133,7 +133,7 @@ def test_layer_correction_matches_samples_along_the_batch_dimension():
     layer = LayerCorrection("fc.bias", channel_dim=-1)
     y = torch.randn(5, 8, 4)
     layer.record_float(y[:, :2] - 1.0)
-    out = layer.update(y)
+    out = layer.update(y.clone())  # updated in place when no gradient is needed
     torch.testing.assert_close(layer.value, -torch.ones(4))
     torch.testing.assert_close(out, y - 1.0)
     # once corrected, the quantized output matches the float one and the correction stays
