@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DigitsNet", "accuracy", "load_digits", "train"]
+__all__ = ["DigitsNet", "accuracy", "load_digits", "pretrained", "train"]
+
+WEIGHTS = "digits_net.pth"  # shipped in this package; tools/train_digits.py writes it
 
 
 class DigitsNet(nn.Module):
@@ -35,9 +37,25 @@ class DigitsNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+def pretrained() -> DigitsNet:
+    """The built-in demo model: a DigitsNet with the weights shipped in the package (eval mode)."""
+    from importlib.resources import files
+
+    model = DigitsNet()
+    with files(__package__).joinpath(WEIGHTS).open("rb") as f:
+        model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, train_y, test_x, test_y): 1797 digits split 70/30, shape [N, 1, 16, 16], normalised."""
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError as exc:
+        raise ImportError(
+            "the built-in digits data ships with scikit-learn. Fix: pip install scikit-learn "
+            "(or pip install 'pytorch-nndct[demo]')"
+        ) from exc
 
     data = sk_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
