@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,16 @@ from .export.deploy import lower, sanitize
 from .export.deploy_check import write_deploy_check
 from .export.onnx_qdq import build_onnx
 from .export.partition import format_partition, partition
-from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_quant_info, write_quant_info
+from .export.quant_info import (
+    QUANT_INFO,
+    check_table,
+    read_bias_corr,
+    read_ft_params,
+    read_quant_info,
+    write_quant_info,
+)
 from .export.xmodel import write_xmodel
+from .finetune import run_fast_finetune
 from .ir.graph import Graph
 from .ir.trace import trace
 from .passes import equalization_pairs, equalize_, optimize
@@ -201,13 +210,36 @@ class torch_quantizer:
         if corrections:
             table.bias_corrected = True
             for key, value in corrections.items():  # the corrected bias may need another fix position
-                spec, corrected = table.params[key], self.graph.params[key].detach().cpu() + value
+                base = self._overrides().get(key, self.graph.params[key])
+                spec, corrected = table.params[key], base.detach().cpu() + value
                 table.params[key] = spec.with_fix_pos(fix_pos_diffs(corrected, spec))
             log.info("pytorch_nndct: bias correction: %s", BiasCorrector.describe(corrections))
+        table.fast_finetuned = bool(self._overrides())
         apply_constraints(self.graph, self.plan, table)
         written = write_quant_info(table, self.output_dir, corrections)
         log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
         return written
+
+    def fast_finetune(self, run_fn: Callable[..., Any], run_args: tuple = ()) -> Path:
+        """Calibration: AdaQuant, layer by layer (SPEC 2.5); writes param.pth and returns its path.
+
+        `run_fn(*run_args)` runs the quantized model over finetuning data and returns the loss (a number,
+        or a tuple whose last item is the loss, like the seed's evaluate()). It is called 2 + 2 x layers
+        times. Only the layers whose change lowers that loss keep it.
+        """
+        if self.mode is not Mode.CALIB:
+            raise NndctError(
+                f"fast_finetune() runs in calib mode, this quantizer is in {self.mode.name.lower()} mode. Fix: call "
+                "it on the calib quantizer; in test mode call load_ft_param() (it is also loaded automatically)."
+            )
+        return run_fast_finetune(self, run_fn, run_args)
+
+    def load_ft_param(self) -> None:
+        """Test mode: use the parameters fast_finetune() wrote (param.pth); done automatically when
+        quant_info.json says the model was fast-finetuned."""
+        values = read_ft_params(self.output_dir, set(self.graph.params))
+        self._set_overrides(values)
+        log.info("pytorch_nndct: loaded %d fast-finetuned parameter(s) from %s", len(values), self.output_dir)
 
     def export_xmodel(
         self, output_dir: str | os.PathLike | None = None, deploy_check: bool = False, batch_size: int | None = None
@@ -283,14 +315,30 @@ class torch_quantizer:
             self.corrector.phase = None
 
     def export_graph(self) -> Graph:
-        """The optimized graph as it deploys: bias corrections (if any) added to the biases."""
+        """The optimized graph as it deploys: fast-finetuned parameters and bias corrections applied."""
         values = {k: c.value for k, c in self.corrector.layers.items() if c.value is not None}
-        if not values:
+        overrides = self._overrides()
+        if not values and not overrides:
             return self.graph
         params = dict(self.graph.params)
+        for key, value in overrides.items():
+            params[key] = value.to(params[key].device, params[key].dtype)
         for key, value in values.items():
             params[key] = params[key] + value.to(params[key].device, params[key].dtype)
         return dataclasses.replace(self.graph, params=params)
+
+    def _overrides(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for p in self.plan.params:
+            value = self.points[p.key].overrides.get(p.role)
+            if value is not None:
+                out[p.key] = value
+        return out
+
+    def _set_overrides(self, values: dict[str, torch.Tensor]) -> None:
+        for p in self.plan.params:
+            if p.key in values:
+                self.points[p.key].overrides[p.role] = values[p.key].to(self.graph.params[p.key].device)
 
     def _deploy_check_inputs(self, deploy: Any) -> list[torch.Tensor]:
         if self._last_inputs is None:
@@ -348,6 +396,8 @@ class torch_quantizer:
         loaded, doc = read_quant_info(self.output_dir, self.graph.name)
         check_table(loaded, self._expected_table(), doc, str(self.output_dir / QUANT_INFO))
         self.table = loaded
+        if loaded.fast_finetuned:
+            self._set_overrides(read_ft_params(self.output_dir, set(self.graph.params)))
         if loaded.bias_corrected:
             corrections = read_bias_corr(self.output_dir, set(self.corrector.layers))
             for key, value in corrections.items():

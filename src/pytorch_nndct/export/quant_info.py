@@ -17,15 +17,19 @@ from ..quant.table import QuantTable
 
 __all__ = [
     "BIAS_CORR",
+    "PARAM_FILE",
     "QUANT_INFO",
     "QuantInfoError",
     "check_table",
     "read_bias_corr",
+    "read_ft_params",
     "read_quant_info",
+    "write_ft_params",
     "write_quant_info",
 ]
 
 QUANT_INFO = "quant_info.json"
+PARAM_FILE = "param.pth"  # fast-finetuned parameters by state-dict name (when quant_info says fast_finetuned)
 BIAS_CORR = "bias_corr.pth"  # per-channel bias corrections by bias key (when quant_info says bias_corrected)
 _ALSO_ACCEPTED = "Quant_info.json"  # the name the original tool wrote
 
@@ -174,3 +178,30 @@ def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], p
 
 def _few(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def write_ft_params(params: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> Path:
+    """Write the fast-finetuned parameters to `<output_dir>/param.pth`; returns its path."""
+    path = prepare_output_dir(output_dir) / PARAM_FILE
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in params.items()}, buffer)
+    write_atomic({path: buffer.getvalue()})
+    return path
+
+
+def read_ft_params(output_dir: str | os.PathLike, expected: set[str]) -> dict[str, torch.Tensor]:
+    """Read param.pth; its keys must be parameters of this model (`expected`)."""
+    path = Path(output_dir) / PARAM_FILE
+    fix = "Fix: run fast_finetune() in calib mode with the same output_dir (and export_quant_config())."
+    if not path.is_file():
+        raise QuantInfoError(f"{path} does not exist: there are no fast-finetuned parameters to load. {fix}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise QuantInfoError(f"{path} cannot be read as a tensor file ({type(exc).__name__}). {fix}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise QuantInfoError(f"{path} does not hold a dict of tensors. {fix}")
+    extra = sorted(set(data) - expected)
+    if extra:
+        raise QuantInfoError(f"{path} holds parameters this model does not have: {_few(extra)}. {fix}")
+    return data

@@ -111,6 +111,7 @@ class ParamQuant:
         self.calibs: dict[str, CalibSpec] = {}  # attribute name -> how its fix position is found
         self.keys: dict[str, str] = {}  # attribute name -> parameter state-dict name
         self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
+        self.overrides: dict[str, torch.Tensor] = {}  # attribute name -> fast-finetuned value (used when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
@@ -122,6 +123,9 @@ class ParamQuant:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
         spec = self.specs[attr]
+        override = self.overrides.get(attr)
+        if override is not None:
+            tensor = override.to(tensor.device, tensor.dtype) if override.device != tensor.device else override
         corr = self.corrections.get(attr)
         corr_value = corr.value if corr is not None else None
         stamp = (tensor.data_ptr(), tensor._version, tensor.device, spec.fix_pos)
