@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from .export.quant_info import write_ft_params
 from .quant.finetune import FINETUNE_OPS, FinetuneLayer, cache_bytes, capture, fit_layer, loss_value
@@ -58,7 +59,8 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
     try:
         best = loss_value(run_fn(*run_args))
         start = best
-        for n, layer in enumerate(layers):
+        quiet = log.getEffectiveLevel() > logging.WARNING
+        for n, layer in enumerate(tqdm(layers, desc="fast finetune", unit="layer", leave=False, disable=quiet)):
             pq: ParamQuant = quantizer.points[layer.weight_key]
             state.mode = Mode.FLOAT
             targets, _ = capture(layer.module, lambda: run_fn(*run_args), want_input=False)

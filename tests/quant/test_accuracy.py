@@ -31,3 +31,13 @@ def test_digits_w8a8_within_one_point_of_float(trained, tmp_path):
     assert float_acc >= 97.0
     q_acc = _quantized_accuracy(model, data, tmp_path)
     assert q_acc >= float_acc - 1.0, f"float {float_acc:.2f}%, W8A8 {q_acc:.2f}%"
+
+
+@pytest.mark.parametrize("bitwidth_w", [8, 4])
+def test_equalization_and_bias_correction_do_not_lose_accuracy(trained, tmp_path, bitwidth_w):
+    model, data = trained
+    config = tmp_path / "neither.json"
+    config.write_text('{"include_cle": false, "include_bias_corr": false}')
+    neither = _quantized_accuracy(model, data, tmp_path / "neither", bitwidth_w=bitwidth_w, quant_config_file=config)
+    defaults = _quantized_accuracy(model, data, tmp_path / "defaults", bitwidth_w=bitwidth_w)
+    assert defaults >= neither, f"W{bitwidth_w}A8: defaults {defaults:.2f}%, neither {neither:.2f}%"
