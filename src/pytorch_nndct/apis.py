@@ -283,6 +283,13 @@ class torch_quantizer:
                 f"export_onnx_model() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} "
                 "mode. Fix: create the quantizer with quant_mode='test' after calibration and export from it."
             )
+        if self.config.target_device == "DPU":
+            log.warning(
+                "pytorch_nndct: this model was quantized for the DPU, which rounds activations half up; "
+                "onnxruntime's QuantizeLinear rounds ties to even, so its outputs can differ from the simulation "
+                "by a few LSB. For an ONNX model equal to the simulation, quantize with target_device CPU and "
+                "round_mode half_even for inputs and activations (see the README's config section)."
+            )
         model = build_onnx(self.export_graph(), self.plan, self.table)
         out = prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
         path = out / f"{sanitize(self.graph.name)}_int.onnx"

@@ -31,6 +31,14 @@ def _compare(case, quantizer, example):
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
     int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
     assert int8_weights, "weights should be stored as int8"
+    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    dangling = [o for n in proto.graph.node for o in n.output if o not in used]
+    assert not dangling, f"outputs nothing reads (onnxruntime still runs them): {dangling[:5]}"
+    if case in ("mobilenet_v2", "resnet18", "digits"):  # every ReLU/ReLU6 clips uint8 values: no float round trip
+        produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+        clips = [n for n in proto.graph.node if n.op_type == "Clip"]
+        assert clips and all(produced_by[n.input[0]] == "QuantizeLinear" for n in clips)
+        assert not any(n.op_type == "Relu" for n in proto.graph.node)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(16, *example.shape[1:])
     with torch.no_grad():
