@@ -71,6 +71,9 @@ def test_report_renders_in_headless_chromium(quantized, tmp_path):
     html = cwd / "quantize_result" / "report.html"
     text = (cwd / "quantize_result" / "report.txt").read_text()
     assert "| relu_2 | relu | stem.2 | 8 |" in text and "13 of 13 ops on the DPU" in text
+    sensitivity = [line for line in text.split("Weight sensitivity")[1].splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in sensitivity][:2] == ["| stem.0.weight", "| dw.0.weight"]
+    assert len(sensitivity) == 5 and all(float(line.split(" | ")[4].rstrip(" |")) > 20 for line in sensitivity)
     browser = shutil.which("chromium")
     assert browser, "the test command installs Debian's chromium"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
@@ -84,6 +87,7 @@ def test_report_renders_in_headless_chromium(quantized, tmp_path):
     )
     dom = subprocess.run([browser, *flags, "--dump-dom", script.as_uri()], capture_output=True, text=True, timeout=120)
     assert '<table class="layers">' in dom.stdout and "<td>relu_2</td>" in dom.stdout
+    assert '<table class="sensitivity">' in dom.stdout and "<td>fc.weight</td>" in dom.stdout
     widths = [int(w) for w in re.findall(r'data-w="(\d+)"', dom.stdout)]
     assert len(widths) == 2 and min(widths) > 200, widths  # both plots decoded
     png = tmp_path / "report.png"

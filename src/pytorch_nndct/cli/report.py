@@ -129,6 +129,58 @@ def layer_stats(quantizer: Any, x: torch.Tensor) -> list[LayerStat]:
     return stats
 
 
+def weight_sensitivity(quantizer: Any, x: torch.Tensor) -> list[list[str]]:
+    """Per conv/linear weight: its bit width, its own SQNR, and the network output's SQNR when only this
+    weight is quantized (everything else float): which layers could take fewer bits, which need more."""
+    from ..quant.primitives import fake_quantize
+    from ..quant.runtime import ParamQuant
+
+    model, state = quantizer.quant_model, quantizer.state
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = x.to(device)
+    acts = [p for p in quantizer.points.values() if isinstance(p, ActPoint)]
+    params = [
+        (p, quantizer.points[p.key]) for p in quantizer.plan.params if isinstance(quantizer.points[p.key], ParamQuant)
+    ]
+    saved_acts = {id(a): a.fix_pos for a in acts}
+    saved_specs = {id(pq): dict(pq.specs) for _, pq in params}
+    old = state.mode
+    rows = []
+    try:
+        with torch.no_grad():
+            state.mode = Mode.TEST
+            for a in acts:
+                a.fix_pos = None  # an activation point without a fix position passes values through
+            for _, other in params:
+                other.specs = {k: v.with_fix_pos(None) for k, v in saved_specs[id(other)].items()}
+            # the reference: nothing quantized, the DPU's own ops (average-pool factor ...) as simulated
+            ref = _first_tensor(model(x)).float()
+            for point, pq in params:
+                if point.role != "weight":
+                    continue
+                for _, other in params:
+                    other.specs = {k: v.with_fix_pos(None) for k, v in saved_specs[id(other)].items()}
+                pq.specs = dict(saved_specs[id(pq)])
+                spec = pq.specs["weight"]
+                if spec.fix_pos is None:
+                    continue
+                w = quantizer.graph.params[point.key].float()
+                own = _sqnr(w, fake_quantize(w, spec))
+                out = _sqnr(ref, _first_tensor(model(x)).float())
+                rows.append([point.key, str(spec.bitwidth), str(spec.fix_pos), _fmt(own), _fmt(out)])
+    finally:
+        state.mode = old
+        for a in acts:
+            a.fix_pos = saved_acts[id(a)]
+        for _, pq in params:
+            pq.specs = dict(saved_specs[id(pq)])
+            pq._cache.clear()
+    return rows
+
+
+_SENS_HEADER = ["weight", "bits", "fix pos", "weight SQNR (dB)", "output SQNR, only this weight quantized (dB)"]
+
+
 def _fmt(v: float) -> str:
     return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:.1f}"
 
@@ -244,6 +296,7 @@ def build_report(quantizer: Any, model: torch.nn.Module, x: torch.Tensor, out_di
     ref, got = _first_tensor(ref), _first_tensor(got)
     total = _sqnr(ref.float().cpu(), got.float().cpu()) if ref is not None and got is not None else math.nan
     rows = _table_rows(stats)
+    sensitivity = weight_sensitivity(quantizer, x)
     float_rows = [[k, v] for k, v in quantizer.plan.float_ops.items()]
     partition = quantizer.partition_report()
     name = quantizer.graph.name
@@ -259,6 +312,7 @@ def build_report(quantizer: Any, model: torch.nn.Module, x: torch.Tensor, out_di
         f"Quantization report: {name}",
         _text_table(["item", "value"], summary),
         "Per-layer statistics\n" + _text_table(_HEADER, rows),
+        "Weight sensitivity\n" + _text_table(_SENS_HEADER, sensitivity),
         "Ops computed in float\n" + (_text_table(["op", "why"], float_rows) if float_rows else "none"),
         "Partition\n" + partition,
     ]) + "\n"  # fmt: skip
@@ -281,6 +335,11 @@ pre {{ background: #f7f7f7; padding: 10px; font-size: 12px; overflow-x: auto; }}
 <img id="hist-plot" alt="histograms with the quantization grid" src="data:image/png;base64,{plots["hist"]}">
 <h2>Per-layer statistics</h2>
 {_html_table(_HEADER, rows, "layers")}
+<h2>Weight sensitivity</h2>
+<p>Each weight quantized alone, everything else in float: the layers with the lowest output SQNR are the
+ones to keep at more bits (or to finetune); those with a high one can take fewer
+(<code>layer_quantize_config</code> in the config file).</p>
+{_html_table(_SENS_HEADER, sensitivity, "sensitivity")}
 <h2>Ops computed in float</h2>
 {_html_table(["op", "why"], float_rows, "float-ops") if float_rows else "<p>none</p>"}
 <h2>Partition</h2>
