@@ -378,7 +378,7 @@ class torch_quantizer:
         for p in self.plan.params:
             pq: ParamQuant = self.points[p.key]
             fp = pq.specs[p.role].fix_pos
-            if fp is None:
+            if fp is None and not p.spec.float_scale:
                 missing_params.append(p.key)
             table.params[p.key] = p.spec.with_fix_pos(fp)
         seen = 0

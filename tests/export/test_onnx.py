@@ -60,6 +60,28 @@ def test_onnxruntime_matches_simulation(case, tmp_path):
     assert exact > 0.25
 
 
+# float per-channel weight scales: our float32 convolution and onnxruntime's integer accumulation round
+# differently near output grid points, and the difference grows through deep networks (resnet18: 3 LSB)
+PER_CHANNEL_TOLERANCE_LSB = {"resnet18": 4}
+
+
+@pytest.mark.parametrize("case", ["digits", "mobilenet_v2", "resnet18", "residual"])
+def test_onnxruntime_with_float_per_channel_weights(case, tmp_path):
+    config = tmp_path / "per_channel.json"
+    doc = json.loads(json.dumps(ONNX_CONFIG))
+    doc["tensor_quantize_config"]["weights"] = {"scale_type": "float", "per_channel": True}
+    config.write_text(json.dumps(doc))
+    model, example, batches = CASES[case]()
+    quantizer = _quantize(model, example, batches, tmp_path, quant_config_file=config)
+    lsb, exact = _compare(case, quantizer, example)
+    proto = onnx.load(str(next(tmp_path.glob("*_int.onnx"))))
+    per_axis = [
+        n for n in proto.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+    ]
+    assert per_axis, "weights should be dequantized per channel"
+    assert lsb <= PER_CHANNEL_TOLERANCE_LSB.get(case, 1), f"{case}: {lsb} LSB ({100 * exact:.1f}% equal)"
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_onnxruntime_matches_simulation_quantized_for_onnx(case, tmp_path):
     config = tmp_path / "onnx_config.json"

@@ -192,3 +192,35 @@ def test_defaults_are_the_originals():
     w, a, i = (config.tensors[k] for k in (TensorKind.WEIGHT, TensorKind.ACTIVATION, TensorKind.INPUT))
     assert (w.round_mode, a.round_mode, i.round_mode) == (RoundMode.HALF_AWAY, RoundMode.HALF_UP, RoundMode.HALF_UP)
     assert (w.calib.method, a.calib.method, i.calib.method, a.calib.statistic) == ("diffs", "diffs", "maxmin", "modal")
+
+
+def test_float_scale_weights_for_cpu_targets(tmp_path):
+    from pytorch_nndct.quant.primitives import fake_quantize, float_scales, quantize
+
+    w = torch.randn(6, 3, 3, 3) * torch.tensor([0.01, 0.1, 1.0, 10.0, 0.0, 3.0]).reshape(6, 1, 1, 1)
+    spec = QuantConfig.default().tensors[TensorKind.WEIGHT]
+    pc = parse_config({"target_device": "CPU", "tensor_quantize_config": {
+        "weights": {"scale_type": "float", "per_channel": True}}}).tensors[TensorKind.WEIGHT].spec()  # fmt: skip
+    assert pc.float_scale and pc.per_channel and not spec.spec().float_scale
+    q, s = quantize(w, pc), float_scales(w, pc)
+    assert s.shape == (6, 1, 1, 1) and s[4].item() == 1.0  # an all-zero channel gets scale 1
+    assert all(q[c].abs().max() == 127 for c in (0, 1, 2, 3, 5))  # every channel uses its full range
+    assert ((fake_quantize(w, pc) - w).abs() <= 0.5 * s + 1e-12).all()
+    _calibrate(tmp_path, {"target_device": "CPU", "tensor_quantize_config": {
+        "weights": {"scale_type": "float", "per_channel": True}}})  # fmt: skip
+    doc = _doc(tmp_path)
+    assert doc["conv1.weight"] == [8, None] and isinstance(doc["conv1.bias"][1], int)  # scales follow the weights
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"per_channel": True}, "per_channel with power-of-two scales is not supported yet"),
+        ({"scale_type": "log"}, "scale_type must be 'poweroftwo' or 'float'"),
+    ],
+)
+def test_float_scale_errors(weights, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"target_device": "CPU", "tensor_quantize_config": {"weights": weights}})
+    with pytest.raises(ConfigError, match="not supported yet"):  # activations keep power-of-two scales
+        parse_config({"target_device": "CPU", "tensor_quantize_config": {"activation": {"scale_type": "float"}}})

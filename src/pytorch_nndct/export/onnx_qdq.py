@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from .._tables import registrar
 from ..errors import NndctError
@@ -22,7 +23,7 @@ from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
 from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
-from ..quant.primitives import avgpool_factor, quantize
+from ..quant.primitives import avgpool_factor, fake_quantize, float_scales, quantize
 from ..quant.table import QuantTable
 
 __all__ = ["ONNX_LOWERINGS", "build_onnx"]
@@ -112,7 +113,17 @@ class _Builder:
             t = self.graph.params[key].detach().float()
             spec = self.param_specs.get(key)
             fp = self.table.fix_pos(key)
-            if spec is None or fp is None:
+            if spec is not None and spec.float_scale:  # CPU/GPU targets: int8 with float (per-channel) scales
+                scales = float_scales(t, spec).reshape(-1).numpy().astype(np.float32)
+                if not spec.per_channel:
+                    scales = scales[0]
+                self.init(f"{key}_int8", quantize(t, spec).numpy().astype(np.int8))
+                self.init(f"{key}_scale", scales)
+                self.init(f"{key}_zero", np.zeros(np.shape(scales), dtype=np.int8))
+                attrs = {"axis": spec.axis} if spec.per_channel else {}
+                dq_inputs = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
+                self.done_params[key] = self.add("DequantizeLinear", dq_inputs, f"{key}_dq", **attrs)
+            elif spec is None or fp is None:
                 self.done_params[key] = self.init(key, t.numpy())
             else:
                 q = quantize(t, spec.with_fix_pos(fp)).numpy().astype(np.int8)
@@ -128,6 +139,20 @@ class _Builder:
         key = node.params["bias"]
         fp_b, fp_w = self.table.fix_pos(key), self.table.fix_pos(node.params["weight"])
         fp_x = self.table.fix_pos(self.plan.tensor_point.get(x.name, ""))
+        w_spec = self.param_specs.get(node.params["weight"])
+        if w_spec is not None and w_spec.float_scale and fp_b is not None and fp_x is not None:
+            if key not in self.done_params:  # int32 at input scale x each channel's weight scale (rounded)
+                b = fake_quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
+                w_scales = float_scales(self.graph.params[node.params["weight"]].detach().float(), w_spec).reshape(-1)
+                scales = (w_scales * math.ldexp(1.0, -fp_x)).float()
+                q32 = torch.round(b.double() / scales.double()).numpy().astype(np.int32)
+                self.init(f"{key}_int32", q32)
+                scale = self.init(f"{key}_scale32", scales.numpy() if w_spec.per_channel else np.float32(scales[0]))
+                zero = self.init(f"{key}_zero32", np.zeros(q32.shape if w_spec.per_channel else (), np.int32))
+                attrs = {"axis": 0} if w_spec.per_channel else {}
+                self.done_params[key] = self.add("DequantizeLinear", [f"{key}_int32", scale, zero], f"{key}_dq32",
+                                                 **attrs)  # fmt: skip
+            return self.done_params[key]
         if None in (fp_b, fp_w, fp_x) or fp_w + fp_x < fp_b:
             return self.weight(node, "bias")
         if key not in self.done_params:

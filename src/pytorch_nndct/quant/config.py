@@ -83,8 +83,13 @@ class TensorConfig:
     round_mode: RoundMode = RoundMode.HALF_UP
     calib: CalibSpec = field(default_factory=CalibSpec)
 
+    float_scale: bool = False
+    per_channel: bool = False
+
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.bit_width, True, self.round_mode)
+        return QuantSpec(
+            self.bit_width, True, self.round_mode, float_scale=self.float_scale, per_channel=self.per_channel
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,7 @@ def _tensor_section(doc: dict, base: dict[TensorKind, TensorConfig], target: str
         if not isinstance(settings, dict):
             raise ConfigError(f"{at} must be an object.")
         _unknown(settings, TENSOR_KEYS, at)
-        out[kind] = _tensor(base[kind], {**overall, **settings}, target, at)
+        out[kind] = _tensor(base[kind], {**overall, **settings}, target, at, kind)
         if (
             target == "DPU"
             and kind in (TensorKind.INPUT, TensorKind.ACTIVATION)
@@ -218,9 +223,20 @@ def _tensor_section(doc: dict, base: dict[TensorKind, TensorConfig], target: str
     return out
 
 
-def _tensor(base: TensorConfig, settings: dict, target: str, where: str) -> TensorConfig:
+def _tensor(base: TensorConfig, settings: dict, target: str, where: str, kind: TensorKind) -> TensorConfig:
+    float_scale = settings.get("scale_type", "poweroftwo") == "float"
+    per_channel = settings.get("per_channel", False) is True
     for key, (default, what) in _ONLY_DEFAULT.items():
         if key not in settings or settings[key] == default:
+            continue
+        if target != "DPU" and kind is TensorKind.WEIGHT and key in ("scale_type", "per_channel"):
+            if settings[key] not in ("float", True):
+                allowed = "'poweroftwo' or 'float'" if key == "scale_type" else "true or false"
+                raise ConfigError(f"{where}: {key} must be {allowed}, got {settings[key]!r}.")
+            if per_channel and not float_scale:
+                raise ConfigError(
+                    f"{where}: per_channel with power-of-two scales is not supported yet. Fix: add scale_type: float."
+                )
             continue
         if target == "DPU" and key in _NOT_ON_DPU and settings[key] == _NOT_ON_DPU[key]:
             raise ConfigError(
@@ -252,6 +268,8 @@ def _tensor(base: TensorConfig, settings: dict, target: str, where: str) -> Tens
         raise ConfigError(f"{where}: percentage must be a number in (0, 100], got {percentage!r}.")
     return dataclasses.replace(
         base,
+        float_scale=float_scale or (base.float_scale and "scale_type" not in settings),
+        per_channel=per_channel or (base.per_channel and "per_channel" not in settings),
         bit_width=bit_width,
         round_mode=ROUND_MODES[mode] if mode is not None else base.round_mode,
         calib=CalibSpec(method, statistic, float(percentage)),

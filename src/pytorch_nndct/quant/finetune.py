@@ -113,7 +113,8 @@ def fit_layer(
 
     before = full_loss()
     params = [w] + ([b] if b is not None else [])
-    lr = 2.0 ** -(w_spec.fix_pos or 0) * 0.1  # a tenth of a weight step
+    step = 2.0**-w_spec.fix_pos if w_spec.fix_pos is not None else float(weight.abs().max()) / w_spec.qmax
+    lr = 0.1 * step  # a tenth of a weight step
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(0)
     with torch.enable_grad():

@@ -24,6 +24,7 @@ __all__ = [
     "fix_pos_diffs",
     "fix_pos_maxmin",
     "fix_pos_percentile",
+    "float_scales",
     "quantize",
     "round_",
     "value_range",
@@ -63,8 +64,23 @@ def _half_up(x: torch.Tensor) -> torch.Tensor:
     return f + (x - f >= 0.5).to(x.dtype)
 
 
+def float_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Float-scale specs: max|x| / qmax per tensor, or per slice along spec.axis (shaped to broadcast);
+    an all-zero slice gets scale 1."""
+    a = x.detach().abs().float()
+    if spec.per_channel:
+        dims = [d for d in range(x.dim()) if d != spec.axis % x.dim()]
+        amax = a.amax(dim=dims, keepdim=True) if dims else a
+    else:
+        amax = a.max().reshape([1] * x.dim())
+    s = amax / spec.qmax
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
 def quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """The integers q = clamp(round(x * 2^fp), qmin, qmax), in x's dtype."""
+    """The integers q = clamp(round(x * 2^fp), qmin, qmax), in x's dtype (float scales: round(x / s))."""
+    if spec.float_scale:
+        return round_(x / float_scales(x, spec).to(x.dtype), spec.round_mode).clamp_(spec.qmin, spec.qmax)
     if spec.fix_pos is None:
         raise ValueError("cannot quantize with a spec that has no fix position (not calibrated)")
     q = round_(x * math.ldexp(1.0, spec.fix_pos), spec.round_mode)
@@ -72,7 +88,9 @@ def quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """x rounded onto the fix-point grid: quantize(x) * 2^-fp."""
+    """x rounded onto the fix-point grid: quantize(x) * 2^-fp (float scales: quantize(x) * s)."""
+    if spec.float_scale:
+        return quantize(x, spec).mul_(float_scales(x, spec).to(x.dtype))
     return quantize(x, spec).mul_(math.ldexp(1.0, -spec.fix_pos))
 
 

@@ -133,7 +133,7 @@ class ParamQuant:
             stamp += (id(corr_value), corr_value._version)
             tensor = tensor + corr_value.to(tensor.device, tensor.dtype)
         recalibrate = corr_value is not None and self.state.mode is Mode.CALIB  # the bias moves with its correction
-        if spec.fix_pos is None or recalibrate:
+        if (spec.fix_pos is None and not spec.float_scale) or recalibrate:
             if self.state.mode is not Mode.CALIB:
                 return tensor
             spec = spec.with_fix_pos(calibrate(tensor.detach(), spec, self.calibs[attr]))

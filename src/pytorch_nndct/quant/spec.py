@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ class QuantSpec:
     signed: bool = True
     round_mode: RoundMode = RoundMode.HALF_UP
     fix_pos: int | None = None  # None until calibrated
+    float_scale: bool = False  # CPU/GPU targets: scale = max|x| / qmax (float) instead of 2^-fix_pos
+    per_channel: bool = False  # with float_scale: one scale per slice along `axis` (weights: output channels)
+    axis: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.bitwidth, int) or not 2 <= self.bitwidth <= 32:
@@ -59,7 +63,7 @@ class QuantSpec:
         return 2 ** (self.bitwidth - 1) - 1 if self.signed else 2**self.bitwidth - 1
 
     def with_fix_pos(self, fix_pos: int | None) -> QuantSpec:
-        return QuantSpec(self.bitwidth, self.signed, self.round_mode, fix_pos)
+        return dataclasses.replace(self, fix_pos=fix_pos)
 
 
 @dataclass(frozen=True)
