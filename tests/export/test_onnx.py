@@ -62,7 +62,7 @@ def test_onnxruntime_matches_simulation(case, tmp_path):
 
 # float per-channel weight scales: our float32 convolution and onnxruntime's integer accumulation round
 # differently near output grid points, and the difference grows through deep networks (resnet18: 3 LSB)
-PER_CHANNEL_TOLERANCE_LSB = {"resnet18": 4}
+PER_CHANNEL_TOLERANCE_LSB = {"resnet18": 3}
 
 
 @pytest.mark.parametrize("case", ["digits", "mobilenet_v2", "resnet18", "residual"])

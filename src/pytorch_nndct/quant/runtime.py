@@ -27,7 +27,7 @@ from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
 from .observers import FixPosObserver
 from .plan import QuantPlan
-from .primitives import calibrate, fake_quantize, value_range
+from .primitives import calibrate, fake_quantize, float_scales, value_range
 from .spec import CalibSpec, QuantSpec
 
 __all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
@@ -113,6 +113,10 @@ class ParamQuant:
         self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
         self.overrides: dict[str, torch.Tensor] = {}  # attribute name -> fast-finetuned value (used when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # float-scale weights: the bias goes on the grid input scale x channel weight scale, as an int32
+        # bias does in integer kernels (onnxruntime); `input_fp` gives the input point's fix position
+        self.input_fp: Callable[[], int | None] | None = None
+        self._weight: torch.Tensor | None = None
 
     def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
         self.specs[attr] = spec
@@ -122,6 +126,14 @@ class ParamQuant:
     def __call__(self, attr: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
+        out = self._quantized(attr, tensor)
+        if attr == "weight":
+            self._weight = self.overrides.get("weight", tensor).detach()
+        elif attr == "bias" and self.input_fp is not None:
+            out = self._int32_bias(out)
+        return out
+
+    def _quantized(self, attr: str, tensor: torch.Tensor) -> torch.Tensor:
         spec = self.specs[attr]
         override = self.overrides.get(attr)
         if override is not None:
@@ -148,6 +160,14 @@ class ParamQuant:
         self._cache[attr] = (stamp, out)
         return out
 
+    def _int32_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        w_spec = self.specs.get("weight")
+        fp_x = self.input_fp() if self.input_fp is not None else None
+        if w_spec is None or not w_spec.float_scale or self._weight is None or fp_x is None:
+            return bias
+        scales = float_scales(self._weight, w_spec).reshape(-1).double() * 2.0**-fp_x
+        return (torch.round(bias.double() / scales) * scales).to(bias.dtype)
+
 
 def _ste(tensor: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Fake-quantize with a straight-through gradient, so the quantized model can still be trained."""
@@ -159,6 +179,10 @@ def _dpu_wrapper(state: QuantState, float_fn: Callable, dpu_fn: Callable) -> Cal
         return float_fn(*args, **kwargs) if state.mode is Mode.FLOAT else dpu_fn(*args, **kwargs)
 
     return run
+
+
+def _input_fp(state: QuantState, point: ActPoint) -> Callable[[], int | None]:
+    return lambda: point.fix_pos if state.mode is Mode.TEST else point.observer.value
 
 
 _FUSED_CLAMPS = {Op.RELU: (0.0, math.inf), Op.RELU6: (0.0, 6.0)}
@@ -204,6 +228,12 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
             sub.nndct_param = pq
         pq.add(p.role, p.key, p.spec, p.calib)
         points[p.key] = pq
+    for node in graph.nodes:
+        w_key = node.params.get("weight")
+        pq, x_key = points.get(w_key), plan.tensor_point.get(node.inputs[0].name) if node.inputs else None
+        x_point = points.get(x_key) if x_key is not None else None
+        if isinstance(pq, ParamQuant) and pq.specs["weight"].float_scale and isinstance(x_point, ActPoint):
+            pq.input_fp = _input_fp(state, x_point)
     for k, node in enumerate(graph.nodes):
         point, sub = points.get(node.name), getattr(model, f"module_{k}", None)
         if node.op in _FUSED_CLAMPS and isinstance(point, ActPoint) and sub is not None and hasattr(sub, "_fn"):
