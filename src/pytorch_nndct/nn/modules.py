@@ -40,9 +40,13 @@ class QuantHooks:
     nndct_out: Any = None
     nndct_param: Any = None
     nndct_seen: Any = None
+    nndct_int: Any = None  # conv/linear with float-scale weights: () -> (integer weights, scales, bias / scales)
 
     def _out(self, value: Any) -> Any:
         return value if self.nndct_out is None else self.nndct_out(value)
+
+    def _integer(self) -> Any:
+        return None if self.nndct_int is None else self.nndct_int()
 
     def _seen(self, value: Any) -> Any:
         return value if self.nndct_seen is None else self.nndct_seen(value)
@@ -71,7 +75,13 @@ class Const(QuantHooks, torch.nn.Module):
 
 class _ConvHooks(QuantHooks):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(input, self._p("weight", self.weight), self._p("bias", self.bias))
+        w, b = self._p("weight", self.weight), self._p("bias", self.bias)
+        view = self._integer()
+        if view is None:
+            y = self._conv_forward(input, w, b)
+        else:
+            q, s, b_s = view
+            y = self._conv_forward(input, q, b_s) * s.view(1, -1, *([1] * (input.dim() - 2)))
         return self._out(self._seen(y))
 
 
@@ -112,7 +122,12 @@ class ConvTranspose3d(_ConvTransposeHooks, torch.nn.ConvTranspose3d):
 
 class Linear(QuantHooks, torch.nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._out(self._seen(F.linear(input, self._p("weight", self.weight), self._p("bias", self.bias))))
+        w, b = self._p("weight", self.weight), self._p("bias", self.bias)
+        view = self._integer()
+        if view is None:
+            return self._out(self._seen(F.linear(input, w, b)))
+        q, s, b_s = view
+        return self._out(self._seen(F.linear(input, q, b_s) * s))
 
 
 class LayerNorm(QuantHooks, torch.nn.LayerNorm):

@@ -27,7 +27,7 @@ from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
 from .observers import FixPosObserver
 from .plan import QuantPlan
-from .primitives import calibrate, fake_quantize, float_scales, value_range
+from .primitives import calibrate, fake_quantize, float_scales, quantize, value_range
 from .spec import CalibSpec, QuantSpec
 
 __all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
@@ -117,6 +117,7 @@ class ParamQuant:
         # bias does in integer kernels (onnxruntime); `input_fp` gives the input point's fix position
         self.input_fp: Callable[[], int | None] | None = None
         self._weight: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
 
     def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
         self.specs[attr] = spec
@@ -129,9 +130,30 @@ class ParamQuant:
         out = self._quantized(attr, tensor)
         if attr == "weight":
             self._weight = self.overrides.get("weight", tensor).detach()
+            self._bias = None
         elif attr == "bias" and self.input_fp is not None:
             out = self._int32_bias(out)
+            self._bias = out
         return out
+
+    def integer_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """Float-scale weights, once this call's weight and bias went through: (integer weights, channel
+        scales, bias / channel scale). conv(x, q, b / s) * s accumulates exactly on the input's power-of-two
+        grid and rounds once, as an integer kernel does; conv(x, q * s, b) would round every product."""
+        w_spec = self.specs.get("weight")
+        if self.state.mode is Mode.FLOAT or w_spec is None or not w_spec.float_scale or self._weight is None:
+            return None
+        fp_x = self.input_fp() if self.input_fp is not None else None
+        if fp_x is None:
+            return None
+        scales = float_scales(self._weight, w_spec)
+        q = quantize(self._weight, w_spec)
+        s = scales.reshape(-1)
+        bias = None
+        if self._bias is not None:
+            step = s.double() * 2.0**-fp_x
+            bias = (torch.round(self._bias.double() / step) * 2.0**-fp_x).to(self._bias.dtype)
+        return q, s.to(q.dtype), bias
 
     def _quantized(self, attr: str, tensor: torch.Tensor) -> torch.Tensor:
         spec = self.specs[attr]
@@ -234,6 +256,9 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
         x_point = points.get(x_key) if x_key is not None else None
         if isinstance(pq, ParamQuant) and pq.specs["weight"].float_scale and isinstance(x_point, ActPoint):
             pq.input_fp = _input_fp(state, x_point)
+            sub = getattr(model, f"module_{index[node.name]}", None)
+            if sub is not None and hasattr(sub, "nndct_int"):
+                sub.nndct_int = pq.integer_view
     for k, node in enumerate(graph.nodes):
         point, sub = points.get(node.name), getattr(model, f"module_{k}", None)
         if node.op in _FUSED_CLAMPS and isinstance(point, ActPoint) and sub is not None and hasattr(sub, "_fn"):
