@@ -62,19 +62,22 @@ def write_quant_info(
     path = folder / QUANT_INFO
     files = {path: (json.dumps(doc, indent=2) + "\n").encode()}
     if bias_corr:
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in bias_corr.items()}, buffer)
-        files[folder / BIAS_CORR] = buffer.getvalue()
+        files[folder / BIAS_CORR] = _tensor_bytes(bias_corr)
     write_atomic(files)
     return path
 
 
-def read_bias_corr(output_dir: str | os.PathLike, expected: set[str]) -> dict[str, torch.Tensor]:
-    """Read bias_corr.pth; its keys must be bias keys of this model (`expected`)."""
-    path = Path(output_dir) / BIAS_CORR
-    fix = "Fix: recalibrate (quant_mode='calib') to rewrite quant_info.json and bias_corr.pth together."
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _read_tensors(path: Path, expected: set[str], missing: str, foreign: str, fix: str) -> dict[str, torch.Tensor]:
+    """A dict of tensors saved by `_tensor_bytes`, whose keys must all be in `expected`; `missing` and
+    `foreign` say what an absent file and unknown keys mean."""
     if not path.is_file():
-        raise QuantInfoError(f"quant_info.json says the model is bias-corrected, but {path} does not exist. {fix}")
+        raise QuantInfoError(f"{missing} {fix}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -84,8 +87,20 @@ def read_bias_corr(output_dir: str | os.PathLike, expected: set[str]) -> dict[st
         raise QuantInfoError(f"{path} does not hold a dict of tensors. {fix}")
     extra = sorted(set(data) - expected)
     if extra:
-        raise QuantInfoError(f"{path} corrects biases this model does not have: {_few(extra)}. {fix}")
+        raise QuantInfoError(f"{path} {foreign}: {_few(extra)}. {fix}")
     return data
+
+
+def read_bias_corr(output_dir: str | os.PathLike, expected: set[str]) -> dict[str, torch.Tensor]:
+    """Read bias_corr.pth; its keys must be bias keys of this model (`expected`)."""
+    path = Path(output_dir) / BIAS_CORR
+    return _read_tensors(
+        path,
+        expected,
+        f"quant_info.json says the model is bias-corrected, but {path} does not exist.",
+        "corrects biases this model does not have",
+        "Fix: recalibrate (quant_mode='calib') to rewrite quant_info.json and bias_corr.pth together.",
+    )
 
 
 def _entries(doc: dict, section: str, model: str, path: Path) -> dict[str, tuple[int, int | None]]:
@@ -183,25 +198,17 @@ def _few(keys: list[str], n: int = 5) -> str:
 def write_ft_params(params: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> Path:
     """Write the fast-finetuned parameters to `<output_dir>/param.pth`; returns its path."""
     path = prepare_output_dir(output_dir) / PARAM_FILE
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in params.items()}, buffer)
-    write_atomic({path: buffer.getvalue()})
+    write_atomic({path: _tensor_bytes(params)})
     return path
 
 
 def read_ft_params(output_dir: str | os.PathLike, expected: set[str]) -> dict[str, torch.Tensor]:
     """Read param.pth; its keys must be parameters of this model (`expected`)."""
     path = Path(output_dir) / PARAM_FILE
-    fix = "Fix: run fast_finetune() in calib mode with the same output_dir (and export_quant_config())."
-    if not path.is_file():
-        raise QuantInfoError(f"{path} does not exist: there are no fast-finetuned parameters to load. {fix}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise QuantInfoError(f"{path} cannot be read as a tensor file ({type(exc).__name__}). {fix}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise QuantInfoError(f"{path} does not hold a dict of tensors. {fix}")
-    extra = sorted(set(data) - expected)
-    if extra:
-        raise QuantInfoError(f"{path} holds parameters this model does not have: {_few(extra)}. {fix}")
-    return data
+    return _read_tensors(
+        path,
+        expected,
+        f"{path} does not exist: there are no fast-finetuned parameters to load.",
+        "holds parameters this model does not have",
+        "Fix: run fast_finetune() in calib mode with the same output_dir (and export_quant_config()).",
+    )
