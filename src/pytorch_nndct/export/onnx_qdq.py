@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from .._tables import registrar
 from ..errors import NndctError
@@ -23,7 +22,7 @@ from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
 from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
-from ..quant.primitives import avgpool_factor, fake_quantize, float_scales, quantize
+from ..quant.primitives import avgpool_factor, fake_quantize, float_scales, int32_bias, quantize
 from ..quant.table import QuantTable
 
 __all__ = ["ONNX_LOWERINGS", "build_onnx"]
@@ -143,9 +142,9 @@ class _Builder:
         if w_spec is not None and w_spec.float_scale and fp_b is not None and fp_x is not None:
             if key not in self.done_params:  # int32 at input scale x each channel's weight scale (rounded)
                 b = fake_quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
-                w_scales = float_scales(self.graph.params[node.params["weight"]].detach().float(), w_spec).reshape(-1)
-                scales = (w_scales * math.ldexp(1.0, -fp_x)).float()
-                q32 = torch.round(b.double() / scales.double()).numpy().astype(np.int32)
+                w_scales = float_scales(self.graph.params[node.params["weight"]].detach().float(), w_spec)
+                q32, step = int32_bias(b, w_scales, fp_x)
+                q32, scales = q32.numpy().astype(np.int32), step.float()
                 self.init(f"{key}_int32", q32)
                 scale = self.init(f"{key}_scale32", scales.numpy() if w_spec.per_channel else np.float32(scales[0]))
                 zero = self.init(f"{key}_zero32", np.zeros(q32.shape if w_spec.per_channel else (), np.int32))

@@ -25,6 +25,7 @@ __all__ = [
     "fix_pos_maxmin",
     "fix_pos_percentile",
     "float_scales",
+    "int32_bias",
     "quantize",
     "round_",
     "value_range",
@@ -75,6 +76,15 @@ def float_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
         amax = a.max().reshape([1] * x.dim())
     s = amax / spec.qmax
     return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def int32_bias(
+    bias: torch.Tensor, channel_scales: torch.Tensor, input_fix_pos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float-scale weights: the bias on the grid an integer kernel adds it on, the input's 2^-fp times
+    each output channel's weight scale. Returns (the integers, that step), both float64."""
+    step = channel_scales.reshape(-1).double() * math.ldexp(1.0, -input_fix_pos)
+    return torch.round(bias.double() / step), step
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

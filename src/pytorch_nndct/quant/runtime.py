@@ -27,7 +27,7 @@ from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
 from .observers import FixPosObserver
 from .plan import QuantPlan
-from .primitives import calibrate, fake_quantize, float_scales, quantize, value_range
+from .primitives import calibrate, fake_quantize, float_scales, int32_bias, quantize, value_range
 from .spec import CalibSpec, QuantSpec
 
 __all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
@@ -116,8 +116,9 @@ class ParamQuant:
         # float-scale weights: the bias goes on the grid input scale x channel weight scale, as an int32
         # bias does in integer kernels (onnxruntime); `input_fp` gives the input point's fix position
         self.input_fp: Callable[[], int | None] | None = None
-        self._weight: torch.Tensor | None = None
-        self._bias: torch.Tensor | None = None
+        self._weight: torch.Tensor | None = None  # this call's weight (before quantization)
+        self._int_weights: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # stamp, integers, scales
+        self._int_bias: torch.Tensor | None = None  # this call's bias divided by the channel scales
 
     def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
         self.specs[attr] = spec
@@ -128,32 +129,35 @@ class ParamQuant:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
         out = self._quantized(attr, tensor)
+        if self.input_fp is None:
+            return out
         if attr == "weight":
             self._weight = self.overrides.get("weight", tensor).detach()
-            self._bias = None
-        elif attr == "bias" and self.input_fp is not None:
-            out = self._int32_bias(out)
-            self._bias = out
+            self._int_bias = None
+        elif attr == "bias" and (fp_x := self.input_fp()) is not None and self._weight is not None:
+            q32, step = int32_bias(out, self._integer_weights()[1], fp_x)
+            self._int_bias = (q32 * math.ldexp(1.0, -fp_x)).to(out.dtype)
+            out = (q32 * step).to(out.dtype)
         return out
+
+    def _integer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This call's float-scale weight as (integers, channel scales), cached while it is unchanged."""
+        w, spec = self._weight, self.specs["weight"]
+        stamp = (w.data_ptr(), w._version, w.device)
+        if self._int_weights is None or self._int_weights[0] != stamp:
+            self._int_weights = (stamp, quantize(w, spec), float_scales(w, spec).reshape(-1))
+        return self._int_weights[1], self._int_weights[2]
 
     def integer_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """Float-scale weights, once this call's weight and bias went through: (integer weights, channel
         scales, bias / channel scale). conv(x, q, b / s) * s accumulates exactly on the input's power-of-two
         grid and rounds once, as an integer kernel does; conv(x, q * s, b) would round every product."""
-        w_spec = self.specs.get("weight")
-        if self.state.mode is Mode.FLOAT or w_spec is None or not w_spec.float_scale or self._weight is None:
+        if self.state.mode is Mode.FLOAT or self.input_fp is None or self._weight is None:
             return None
-        fp_x = self.input_fp() if self.input_fp is not None else None
-        if fp_x is None:
+        if self.input_fp() is None:
             return None
-        scales = float_scales(self._weight, w_spec)
-        q = quantize(self._weight, w_spec)
-        s = scales.reshape(-1)
-        bias = None
-        if self._bias is not None:
-            step = s.double() * 2.0**-fp_x
-            bias = (torch.round(self._bias.double() / step) * 2.0**-fp_x).to(self._bias.dtype)
-        return q, s.to(q.dtype), bias
+        q, s = self._integer_weights()
+        return q, s.to(q.dtype), self._int_bias
 
     def _quantized(self, attr: str, tensor: torch.Tensor) -> torch.Tensor:
         spec = self.specs[attr]
@@ -181,14 +185,6 @@ class ParamQuant:
         out = fake_quantize(tensor.detach(), spec)
         self._cache[attr] = (stamp, out)
         return out
-
-    def _int32_bias(self, bias: torch.Tensor) -> torch.Tensor:
-        w_spec = self.specs.get("weight")
-        fp_x = self.input_fp() if self.input_fp is not None else None
-        if w_spec is None or not w_spec.float_scale or self._weight is None or fp_x is None:
-            return bias
-        scales = float_scales(self._weight, w_spec).reshape(-1).double() * 2.0**-fp_x
-        return (torch.round(bias.double() / scales) * scales).to(bias.dtype)
 
 
 def _ste(tensor: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
