@@ -40,7 +40,7 @@ from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.config import ConfigError, QuantConfig, parse_config
 from .quant.plan import QuantPlan, graph_md5, make_plan
-from .quant.primitives import fix_pos_diffs
+from .quant.primitives import calibrate
 from .quant.rules import apply_constraints
 from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach, attach_bias_correction
 from .quant.table import QuantTable
@@ -207,14 +207,16 @@ class torch_quantizer:
             return path
         table = self._table_from_points()
         corrections = self.corrector.values() if self.config.include_bias_corr else {}
+        overrides = self._overrides()
         if corrections:
             table.bias_corrected = True
+            calibs = {p.key: p.calib for p in self.plan.params}
             for key, value in corrections.items():  # the corrected bias may need another fix position
-                base = self._overrides().get(key, self.graph.params[key])
-                spec, corrected = table.params[key], base.detach().cpu() + value
-                table.params[key] = spec.with_fix_pos(fix_pos_diffs(corrected, spec))
+                spec = table.params[key]
+                corrected = overrides.get(key, self.graph.params[key]).detach().cpu() + value
+                table.params[key] = spec.with_fix_pos(calibrate(corrected, spec, calibs[key]))
             log.info("pytorch_nndct: bias correction: %s", BiasCorrector.describe(corrections))
-        table.fast_finetuned = bool(self._overrides())
+        table.fast_finetuned = bool(overrides)
         apply_constraints(self.graph, self.plan, table)
         written = write_quant_info(table, self.output_dir, corrections)
         log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
