@@ -23,6 +23,7 @@ import torch
 
 from ..codegen import write_atomic
 from ..errors import NndctError
+from .report import sqnr_db
 from .sources import BUILTIN, CliError, Data, load_data, load_model
 
 __all__ = ["main"]
@@ -102,11 +103,6 @@ def _evaluate(
     return out, acc
 
 
-def _sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
-    noise = float((ref - test).double().pow(2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(float(ref.double().pow(2).sum()) / noise)
-
-
 def _publish(staging: Path, out: Path) -> list[Path]:
     """Move everything under `staging` into `out` in one atomic multi-file write; returns the paths."""
     files = {}
@@ -179,7 +175,7 @@ def _compare(model: torch.nn.Module, test: Any, data: Data, args: argparse.Names
         model = model.to(args.device)
     ref, float_acc = _evaluate(model, data, args.batch_size, "float model", args.quiet)
     out, quant_acc = _evaluate(test.quant_model, data, args.batch_size, "quantized model", args.quiet)
-    return {"float": float_acc, "quantized": quant_acc, "sqnr": _sqnr(ref, out), "n": len(data.eval_x)}
+    return {"float": float_acc, "quantized": quant_acc, "sqnr": sqnr_db(ref, out), "n": len(data.eval_x)}
 
 
 def _print_table(args: argparse.Namespace, name: str, data: Data, rows: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from ..codegen import write_atomic
 from ..quant.runtime import ActPoint, Mode
 from .sources import CliError
 
-__all__ = ["LayerStat", "build_report", "layer_stats"]
+__all__ = ["LayerStat", "build_report", "layer_stats", "sqnr_db"]
 
 _HIST_SAMPLES = 200_000
 
@@ -43,7 +43,8 @@ class LayerStat:
     sample: torch.Tensor  # float values (a subsample) for the histogram
 
 
-def _sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
+def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of `test` against `ref`, in dB (inf when equal)."""
     noise = float((ref.double() - test.double()).pow(2).sum())
     signal = float(ref.double().pow(2).sum())
     if noise == 0:
@@ -102,7 +103,7 @@ def layer_stats(quantizer: Any, x: torch.Tensor) -> list[LayerStat]:
         if alone is not None:
             from ..quant.primitives import fake_quantize
 
-            here = _sqnr(f, fake_quantize(f, alone))
+            here = sqnr_db(f, fake_quantize(f, alone))
             step = 2.0**-fp
             clipped = float(((f < alone.qmin * step) | (f > alone.qmax * step)).float().mean())
         else:
@@ -122,7 +123,7 @@ def layer_stats(quantizer: Any, x: torch.Tensor) -> list[LayerStat]:
                 float(f.max()),
                 clipped,
                 here,
-                _sqnr(f, q),
+                sqnr_db(f, q),
                 flat,
             )
         )
@@ -165,8 +166,8 @@ def weight_sensitivity(quantizer: Any, x: torch.Tensor) -> list[list[str]]:
                 if spec.fix_pos is None:
                     continue
                 w = quantizer.graph.params[point.key].float()
-                own = _sqnr(w, fake_quantize(w, spec))
-                out = _sqnr(ref, _first_tensor(model(x)).float())
+                own = sqnr_db(w, fake_quantize(w, spec))
+                out = sqnr_db(ref, _first_tensor(model(x)).float())
                 rows.append([point.key, str(spec.bitwidth), str(spec.fix_pos), _fmt(own), _fmt(out)])
     finally:
         state.mode = old
@@ -294,7 +295,7 @@ def build_report(quantizer: Any, model: torch.nn.Module, x: torch.Tensor, out_di
         ref = model.to(device)(x.to(device))
         got = quantizer.quant_model(x.to(device))
     ref, got = _first_tensor(ref), _first_tensor(got)
-    total = _sqnr(ref.float().cpu(), got.float().cpu()) if ref is not None and got is not None else math.nan
+    total = sqnr_db(ref.float().cpu(), got.float().cpu()) if ref is not None and got is not None else math.nan
     rows = _table_rows(stats)
     sensitivity = weight_sensitivity(quantizer, x)
     float_rows = [[k, v] for k, v in quantizer.plan.float_ops.items()]

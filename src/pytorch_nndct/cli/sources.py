@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,18 +82,20 @@ def _from_file(path: str, factory: str) -> torch.nn.Module:
     return model
 
 
+def _torch_load(path: Path, message: str, hint: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CliError(f"{message} ({type(exc).__name__})", hint) from exc
+
+
 def _load_weights(model: torch.nn.Module, weights: str) -> None:
     path = Path(weights)
     if not path.is_file():
         raise CliError(
             f"weights file {weights!r} does not exist", "give the .pth saved with torch.save(model.state_dict())"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CliError(
-            f"cannot read {weights} ({type(exc).__name__})", "save it with torch.save(model.state_dict(), path)"
-        ) from exc
+    state = _torch_load(path, f"cannot read {weights}", "save it with torch.save(model.state_dict(), path)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     try:
@@ -142,12 +145,7 @@ def load_data(spec: str, input_size: int, max_images: int = 1000) -> Data:
 
 
 def _tensor_file(path: Path) -> Data:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CliError(
-            f"cannot read {path} as a tensor file ({type(exc).__name__})", "save it with torch.save"
-        ) from exc
+    obj = _torch_load(path, f"cannot read {path} as a tensor file", "save it with torch.save")
     if isinstance(obj, dict):
         x, y = obj.get("x"), obj.get("y")
     elif isinstance(obj, list | tuple) and len(obj) == 2:
