@@ -28,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import prepare_model
 from pytorch_nndct.apis import torch_quantizer
-from pytorch_nndct.models.digits import load_digits, pretrained
+from pytorch_nndct.models.digits import fit, load_digits, pretrained
 
 
 def evaluate(model, x, y, batch: int = 64):
@@ -72,16 +72,7 @@ class DigitsMobileNetV2(nn.Module):
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 15) -> nn.Module:
     torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * ((len(y) + 63) // 64))
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(y)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return fit(model, x, y, epochs)
 
 
 def quantized_top1(model, data, bw_w: int, helpers: bool, finetune: bool) -> float:

@@ -21,13 +21,12 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_vs_pt2e import ours, pt2e
+from quant_vs_pt2e import ours, pt2e, setup
 
-from helpers import prepare_model, sqnr_db
+from helpers import sqnr_db
 
 
 def brevitas(model, calib, test_x):
@@ -56,11 +55,7 @@ def main() -> int:
     print("| model | SQNR ours (dB) | SQNR PT2E sym (dB) | SQNR Brevitas FlexML (dB) | ours - best peer (dB) |")
     print("|---|---|---|---|---|")
     for name in names:
-        torch.manual_seed(0)
-        model = prepare_model(torchvision.models.get_model(name), (3, 224, 224))
-        g = torch.Generator().manual_seed(1)
-        calib = [torch.randn(8, 3, 224, 224, generator=g) for _ in range(8)]
-        test_x = torch.randn(8, 3, 224, 224, generator=g)
+        model, calib, test_x = setup(name)
         with torch.no_grad():
             ref = model(test_x)
         start = time.perf_counter()

@@ -35,6 +35,16 @@ from helpers import prepare_model, sqnr_db
 from pytorch_nndct.apis import torch_quantizer
 
 
+def setup(name: str, batches: int = 8, batch_size: int = 8) -> tuple[torch.nn.Module, list, torch.Tensor]:
+    """The model (random weights, BN statistics populated), calibration batches and the evaluation batch."""
+    size = 299 if name == "inception_v3" else 224
+    torch.manual_seed(0)
+    model = prepare_model(torchvision.models.get_model(name), (3, size, size))
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(batch_size, 3, size, size, generator=g) for _ in range(batches)]
+    return model, calib, torch.randn(batch_size, 3, size, size, generator=g)
+
+
 def timed(fn, batches, repeats: int = 3) -> float:
     """Best of `repeats` passes over the batches (wall clock)."""
     best = float("inf")
@@ -106,12 +116,7 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        size = 299 if name == "inception_v3" else 224
-        torch.manual_seed(0)
-        model = prepare_model(torchvision.models.get_model(name), (3, size, size))
-        g = torch.Generator().manual_seed(1)
-        calib = [torch.randn(args.batch_size, 3, size, size, generator=g) for _ in range(args.batches)]
-        test_x = torch.randn(args.batch_size, 3, size, size, generator=g)
+        model, calib, test_x = setup(name, args.batches, args.batch_size)
         with torch.no_grad():
             model(calib[0])  # warm-up
             ref = model(test_x)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DigitsNet", "accuracy", "load_digits", "pretrained", "train"]
+__all__ = ["DigitsNet", "accuracy", "fit", "load_digits", "pretrained", "train"]
 
 WEIGHTS = "digits_net.pth"  # shipped in this package; tools/train_digits.py writes it
 
@@ -71,19 +71,21 @@ def train(epochs: int = 12, seed: int = 0) -> tuple[DigitsNet, tuple[torch.Tenso
     """Train a DigitsNet; returns the model (eval mode) and the data split."""
     torch.manual_seed(seed)
     data = load_digits(seed)
-    xtr, ytr = data[0], data[1]
-    model = DigitsNet()
+    return fit(DigitsNet(), data[0], data[1], epochs), data
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
+    """Train a classifier with Adam and a one-cycle schedule, batches of 64; returns it in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * ((len(ytr) + 63) // 64))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * ((len(y) + 63) // 64))
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(ytr)).split(64):
+        for idx in torch.randperm(len(y)).split(64):
             opt.zero_grad()
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
-            loss.backward()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
             sched.step()
-    return model.eval(), data
+    return model.eval()
 
 
 @torch.no_grad()
