@@ -15,7 +15,6 @@ deployed model carries them at no cost.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -119,6 +118,4 @@ class BiasCorrector:
         if not values:
             return "no layer corrected"
         largest = max(float(v.abs().max()) for v in values.values())
-        return f"{len(values)} layer(s) corrected, largest change {largest:.3g}" + (
-            "" if math.isfinite(largest) else " (not finite)"
-        )
+        return f"{len(values)} layer(s) corrected, largest change {largest:.3g}"
