@@ -12,7 +12,9 @@ Random weights with BN statistics populated by train-mode forwards; the same cal
   helper; PT2E's observers);
 - test-mode time / float time (ours: fake-quant simulation; PT2E: its converted reference model).
 Times are wall clock after warm-up passes (which also compile our fused kernels); float and test-mode times
-are the best of 3 passes (calibration too: more passes only add observations). Run it on an idle machine.
+are the best of 3 passes (calibration too: more passes only add observations). The script re-executes
+itself with glibc's allocator pinned to its steady state (see steady_alloc.py): without that the float
+baseline depends on what ran before it. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steady_alloc import reexec_with_steady_allocator
+
 from helpers import prepare_model, sqnr_db
 from pytorch_nndct.apis import torch_quantizer
 
@@ -99,6 +104,7 @@ def pt2e(model, example, calib, test_x, symmetric_activations: bool = True):
 
 
 def main() -> int:
+    reexec_with_steady_allocator()
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="*", default=["resnet18", "mobilenet_v2", "efficientnet_b0", "inception_v3"])
     parser.add_argument("--batches", type=int, default=8)

@@ -39,15 +39,25 @@ def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor, qmax: torch.Te
 
 
 def _errors(
-    x: torch.Tensor, scales: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor, mode: RoundMode
+    x: torch.Tensor,
+    scales: torch.Tensor,
+    qmin: torch.Tensor,
+    qmax: torch.Tensor,
+    clamp_lo: torch.Tensor,
+    clamp_hi: torch.Tensor,
+    mode: RoundMode,
 ) -> torch.Tensor:
     # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
-    # and divided by s^2 once; one loop per candidate lets the compiler keep each in registers.
+    # and divided by s^2 once. Each element's error is exact in x's dtype; its square is summed in x's
+    # dtype over rows of _ROW elements (full-width vector lanes, relative error ~1e-6) and the row sums
+    # in float64. One loop per candidate lets the compiler keep each in registers. x is first clamped to
+    # [clamp_lo, clamp_hi] (a ReLU/ReLU6 the output point applies itself; +-inf for none).
+    rows = torch.minimum(torch.maximum(x.view(-1, _ROW), clamp_lo), clamp_hi)
     sums = []
     for k in range(scales.shape[0]):
-        y = x * scales[k]
-        d = (y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)).to(torch.float64)
-        sums.append((d * d).sum())
+        y = rows * scales[k]
+        d = y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)
+        sums.append((d * d).sum(dim=1).to(torch.float64).sum())
     return torch.stack(sums) / scales.to(torch.float64) ** 2
 
 
@@ -57,8 +67,8 @@ class _Compiled:
     fix position does not recompile either."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], mode: RoundMode) -> None:
-        def kernel(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-            return fn(x, s, lo, hi, mode)
+        def kernel(x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+            return fn(x, *tensors, mode)
 
         # a distinct code object per mode: compile caches are kept per code object
         kernel.__code__ = kernel.__code__.replace(co_name=f"{fn.__name__}_{mode.name.lower()}")
@@ -83,6 +93,7 @@ class _Compiled:
 _FQ = {mode: _Compiled(_fq, mode) for mode in RoundMode}
 _ERRORS = {mode: _Compiled(_errors, mode) for mode in RoundMode}
 _CHUNK = 1 << 24
+_ROW = 2048  # elements per partial sum of the error kernel (divides _CHUNK)
 _SCALES: dict[tuple, torch.Tensor] = {}
 
 
@@ -94,15 +105,20 @@ def _scales(fix_positions: tuple[int, ...], dtype: torch.dtype, device: torch.de
     return t
 
 
+def _tensors(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Scalars as 0-d tensors (cached): kernel arguments that do not trigger recompiles."""
+    key = (("values", *values), dtype, device)
+    t = _SCALES.get(key)
+    if t is None:
+        t = _SCALES[key] = torch.tensor(values, dtype=dtype, device=device)
+    return tuple(t.unbind())
+
+
 def _bounds(
     spec: QuantSpec, dtype: torch.dtype, device: torch.device, bounds: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     lo, hi = bounds or (spec.qmin, spec.qmax)
-    key = (("bounds", lo, hi), dtype, device)
-    t = _SCALES.get(key)
-    if t is None:
-        t = _SCALES[key] = torch.tensor([lo, hi], dtype=dtype, device=device)
-    return t[0], t[1]
+    return _tensors((float(lo), float(hi)), dtype, device)
 
 
 def failed() -> bool:
@@ -126,14 +142,25 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, bounds: tuple[int, int] | No
     return _FQ[spec.round_mode](x.reshape(-1), scale, lo, hi).view(x.shape)
 
 
-def diffs_errors(x: torch.Tensor, spec: QuantSpec, candidates: list[int]) -> torch.Tensor:
-    """Same result as primitives.diffs_errors (up to float64 summation order), fused."""
-    if x.numel() < 4096:
-        return primitives.diffs_errors(x, spec, candidates)
+def diffs_errors(
+    x: torch.Tensor, spec: QuantSpec, candidates: list[int], clamp: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Same result as primitives.diffs_errors up to summation order and precision (relative ~1e-6), fused.
+
+    `clamp` (lo, hi): the errors of x.clamp(lo, hi), without writing the clamped tensor. Whole rows of
+    _ROW elements go through the compiled kernel; the tail (< _ROW elements) through the eager primitive.
+    """
     flat = x.detach().reshape(-1)
+    bulk = flat.numel() // _ROW * _ROW
+    if bulk < 2 * _ROW:
+        return primitives.diffs_errors(flat if clamp is None else flat.clamp(*clamp), spec, candidates)
     scales = _scales(tuple(candidates), x.dtype, x.device)
     total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
     lo, hi = _bounds(spec, x.dtype, x.device)
-    for start in range(0, flat.numel(), _CHUNK):
-        total += _ERRORS[spec.round_mode](flat[start : start + _CHUNK], scales, lo, hi)
+    c_lo, c_hi = _tensors((-math.inf, math.inf) if clamp is None else clamp, x.dtype, x.device)
+    for start in range(0, bulk, _CHUNK):
+        total += _ERRORS[spec.round_mode](flat[start : min(start + _CHUNK, bulk)], scales, lo, hi, c_lo, c_hi)
+    if bulk < flat.numel():
+        tail = flat[bulk:] if clamp is None else flat[bulk:].clamp(*clamp)
+        total += primitives.diffs_errors(tail, spec, candidates)
     return total

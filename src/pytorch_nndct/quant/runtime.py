@@ -12,6 +12,7 @@ QuantPlan. The points share one `QuantState`, whose mode decides what they do:
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class ActPoint:
         self.calib = calib or CalibSpec()
         self.observer = FixPosObserver(self.calib.statistic)
         self.fix_pos: int | None = None  # loaded or exported value (test mode)
-        self.fused_clamp: tuple[float, float] | None = None  # test mode: a ReLU/ReLU6 this point applies itself
+        self.fused_clamp: tuple[float, float] | None = None  # a ReLU/ReLU6 this point applies itself
 
     def fused_bounds(self, fix_pos: int) -> tuple[int, int] | None:
         """Integer bounds that apply `fused_clamp` exactly inside the fake-quantization, or None."""
@@ -80,19 +81,35 @@ class ActPoint:
         if mode is Mode.FLOAT or not x.is_floating_point():
             return x
         if mode is Mode.CALIB:
+            clamp = self.fused_clamp
+            if clamp is not None and self.calib.method not in _CLAMP_AWARE_METHODS:
+                x, clamp = x.clamp(*(None if math.isinf(v) else v for v in clamp)), None
             lo, hi = value_range(x)
+            errors: Callable[..., torch.Tensor] = kernels.diffs_errors
+            if clamp is not None:  # the module left its ReLU/ReLU6 to this point: observe clamp(x)
+                lo, hi = (min(max(v, clamp[0]), clamp[1]) for v in (lo, hi))
+                errors = functools.partial(kernels.diffs_errors, clamp=clamp)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
-                return x
-            self.observer.observe(calibrate(x, self.spec, self.calib, kernels.diffs_errors, (lo, hi)))
+                return x if clamp is None else x.clamp(*(None if math.isinf(v) else v for v in clamp))
+            self.observer.observe(calibrate(x, self.spec, self.calib, errors, (lo, hi)))
             current = self.observer.value
+            if clamp is not None:
+                return self._clamped_fake_quantize(x, current)
         else:
             current = self.fix_pos
             if current is None:
                 return x
             if self.fused_clamp is not None:
-                return kernels.fake_quantize(x, self.spec.with_fix_pos(current), self.fused_bounds(current))
+                return self._clamped_fake_quantize(x, current)
         return kernels.fake_quantize(x, self.spec.with_fix_pos(current))
+
+    def _clamped_fake_quantize(self, x: torch.Tensor, fix_pos: int) -> torch.Tensor:
+        """fake_quantize(clamp(x)) for the fused ReLU/ReLU6: in one pass where its bounds are on the grid."""
+        bounds = self.fused_bounds(fix_pos)
+        if bounds is None and self.fused_clamp is not None:
+            x = x.clamp(*(None if math.isinf(v) else v for v in self.fused_clamp))
+        return kernels.fake_quantize(x, self.spec.with_fix_pos(fix_pos), bounds)
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -204,21 +221,21 @@ def _input_fp(state: QuantState, point: ActPoint) -> Callable[[], int | None]:
 
 
 _FUSED_CLAMPS = {Op.RELU: (0.0, math.inf), Op.RELU6: (0.0, 6.0)}
+# calibration methods that observe clamp(x) without writing it (the others get the clamped tensor)
+_CLAMP_AWARE_METHODS = ("diffs", "mse", "maxmin")
 
 
 def _fused_activation(state: QuantState, fn: Callable, point: ActPoint) -> Callable:
-    """In test mode a ReLU/ReLU6 whose output point can clamp exactly is left to that point (one pass less)."""
+    """A ReLU/ReLU6 left to its output point, which clamps on the way (one memory pass less): in calibration
+    always (the point observes and fake-quantizes the clamped values), in test mode where the clamp is exact
+    inside the fake-quantization (its bounds on the grid)."""
 
     def run(x: Any, *args: Any, **kwargs: Any) -> Any:
-        if (
-            state.mode is Mode.TEST
-            and point.fix_pos is not None
-            and isinstance(x, torch.Tensor)
-            and x.is_floating_point()
-            and not args
-            and point.fused_bounds(point.fix_pos) is not None
-        ):
-            return x
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not args:
+            if state.mode is Mode.CALIB:
+                return x
+            if state.mode is Mode.TEST and point.fix_pos is not None and point.fused_bounds(point.fix_pos) is not None:
+                return x
         return fn(x, *args, **kwargs)
 
     return run
