@@ -1,17 +1,21 @@
 """Output SQNR of ours (defaults) beside torchao PT2E and Brevitas, power-of-two per-tensor where they allow.
 
-    python benchmarks/quant_vs_peers.py [resnet18 mobilenet_v2 mobilenet_v3_large efficientnet_b0]
+    python benchmarks/quant_vs_peers.py [resnet18 mobilenet_v2 mobilenet_v3_large efficientnet_b0] [--bn exact]
 
-Random weights with BN statistics populated, 8 calibration batches of 8 and one evaluation batch of 8,
-the same for every tool (the setup of quant_vs_pt2e.py). Peers:
-- PT2E: XNNPACKQuantizer, per-tensor symmetric int8, float scales, int32 biases;
+Random weights with BN statistics populated (`--bn blend`, the default and the setup of quant_vs_pt2e.py,
+or `--bn exact`: see tests/helpers.prepare_model), 8 calibration batches of 8 and one evaluation batch of
+8, the same for every tool. Peers:
+- PT2E pow2: XNNPACKQuantizer's per-tensor symmetric int8 config (HistogramObserver for activations,
+  MinMaxObserver for weights) with every scale rounded up to a power of two; float biases;
 - Brevitas: its FlexML target (`preprocess_for_flexml_quantize` with its graph equalization,
   `quantize_flexml`: power-of-two per-tensor scales), calibration then bias correction. Unlike the DPU
-  (and ours) it keeps post-ReLU activations unsigned (one more bit) and wider biases.
+  (and ours) it keeps post-ReLU activations unsigned (one more bit) and wider biases;
+- for reference, PT2E with float scales (not a power-of-two scheme).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import sys
@@ -45,25 +49,36 @@ def brevitas(model, calib, test_x):
 
 
 def main() -> int:
-    names = sys.argv[1:] or ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "models", nargs="*", default=["resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+    )
+    parser.add_argument("--bn", choices=["blend", "exact"], default="blend", help="how BN statistics are populated")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     import brevitas as brevitas_pkg
     import torchao
 
-    print(f"torch {torch.__version__}, torchao {torchao.__version__}, brevitas {brevitas_pkg.__version__}")
-    print("| model | SQNR ours (dB) | SQNR PT2E sym (dB) | SQNR Brevitas FlexML (dB) | ours - best peer (dB) |")
-    print("|---|---|---|---|---|")
-    for name in names:
-        model, calib, test_x = setup(name)
+    print(
+        f"torch {torch.__version__}, torchao {torchao.__version__}, brevitas {brevitas_pkg.__version__}, BN {args.bn}"
+    )
+    print(
+        "| model | SQNR ours (dB) | SQNR PT2E pow2 (dB) | SQNR Brevitas FlexML (dB) | ours - best pow2 peer (dB) "
+        "| SQNR PT2E float scales (dB) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        model, calib, test_x = setup(name, bn_stats=args.bn)
         with torch.no_grad():
             ref = model(test_x)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             o = sqnr_db(ref, ours(model, calib[0][:2], calib, test_x, tmp)[0])
-        p = sqnr_db(ref, pt2e(model, calib[0], calib, test_x)[0])
+        p2 = sqnr_db(ref, pt2e(model, calib[0], calib, test_x, power_of_two=True)[0])
         b = sqnr_db(ref, brevitas(model, calib, test_x))
-        print(f"| {name} | {o:.2f} | {p:.2f} | {b:.2f} | {o - max(p, b):+.2f} |", flush=True)
+        pf = sqnr_db(ref, pt2e(model, calib[0], calib, test_x)[0])
+        print(f"| {name} | {o:.2f} | {p2:.2f} | {b:.2f} | {o - max(p2, b):+.2f} | {pf:.2f} |", flush=True)
         print(f"  ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return 0
 

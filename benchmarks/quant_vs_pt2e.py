@@ -1,6 +1,7 @@
 """Post-training quantization of torchvision models: ours (power-of-two, per tensor, W8A8) vs torchao PT2E.
 
     python benchmarks/quant_vs_pt2e.py [resnet18 mobilenet_v2 efficientnet_b0 inception_v3] [--batches 8]
+                                      [--bn blend|exact]
 
 Random weights with BN statistics populated by train-mode forwards; the same calibration batches (batch
 8) and the same evaluation batch for every method, in one run. Prints, per model:
@@ -40,11 +41,14 @@ from helpers import prepare_model, sqnr_db
 from pytorch_nndct.apis import torch_quantizer
 
 
-def setup(name: str, batches: int = 8, batch_size: int = 8) -> tuple[torch.nn.Module, list, torch.Tensor]:
-    """The model (random weights, BN statistics populated), calibration batches and the evaluation batch."""
+def setup(
+    name: str, batches: int = 8, batch_size: int = 8, bn_stats: str = "blend"
+) -> tuple[torch.nn.Module, list, torch.Tensor]:
+    """The model (random weights, BN statistics populated: see helpers.prepare_model), calibration batches
+    and the evaluation batch."""
     size = 299 if name == "inception_v3" else 224
     torch.manual_seed(0)
-    model = prepare_model(torchvision.models.get_model(name), (3, size, size))
+    model = prepare_model(torchvision.models.get_model(name), (3, size, size), bn_stats=bn_stats)
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(batch_size, 3, size, size, generator=g) for _ in range(batches)]
     return model, calib, torch.randn(batch_size, 3, size, size, generator=g)
@@ -77,23 +81,47 @@ def ours(model, example, calib, test_x, out_dir, cle: bool = True, bias_corr: bo
     return out, t_calib, t_test
 
 
-def pt2e_config(symmetric_activations: bool):
-    """XNNPACK's per-tensor config; its activations are affine unless made symmetric here."""
+def _power_of_two(observer_cls):
+    """An observer whose scale is rounded up to a power of two (its range kept: no extra clipping)."""
+
+    class PowerOfTwo(observer_cls):
+        def calculate_qparams(self):
+            scale, zero_point = super().calculate_qparams()
+            return torch.exp2(torch.ceil(torch.log2(scale))), zero_point
+
+    PowerOfTwo.__name__ = f"PowerOfTwo{observer_cls.__name__}"
+    return PowerOfTwo
+
+
+def _with_power_of_two(spec):
+    ctr = spec.observer_or_fake_quant_ctr  # ObserverClass.with_args(eps=...): a wrapped functools.partial
+    base = getattr(ctr, "p", ctr)
+    pow2 = _power_of_two(base.func).with_args(*base.args, **base.keywords)
+    return dataclasses.replace(spec, observer_or_fake_quant_ctr=pow2)
+
+
+def pt2e_config(symmetric_activations: bool, power_of_two: bool = False):
+    """XNNPACK's per-tensor config; its activations are affine unless made symmetric here, and its scales
+    float unless `power_of_two` (symmetric only; every scale rounded up to a power of two, the DPU's scheme
+    with PT2E's observers: HistogramObserver for activations, MinMaxObserver for weights)."""
     from torchao.testing.pt2e._xnnpack_quantizer import get_symmetric_quantization_config
 
     config = get_symmetric_quantization_config(is_per_channel=False)
     if not symmetric_activations:
         return config
     act = dataclasses.replace(config.input_activation, qscheme=torch.per_tensor_symmetric)
-    return dataclasses.replace(config, input_activation=act, output_activation=act)
+    weight = config.weight
+    if power_of_two:
+        act, weight = _with_power_of_two(act), _with_power_of_two(weight)
+    return dataclasses.replace(config, input_activation=act, output_activation=act, weight=weight)
 
 
-def pt2e(model, example, calib, test_x, symmetric_activations: bool = True):
+def pt2e(model, example, calib, test_x, symmetric_activations: bool = True, power_of_two: bool = False):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer
 
     exported = torch.export.export(copy.deepcopy(model), (example,)).module()
-    quantizer = XNNPACKQuantizer().set_global(pt2e_config(symmetric_activations))
+    quantizer = XNNPACKQuantizer().set_global(pt2e_config(symmetric_activations, power_of_two))
     prepared = prepare_pt2e(exported, quantizer)
     t_calib = timed(prepared, calib)
     converted = convert_pt2e(prepared)
@@ -109,11 +137,12 @@ def main() -> int:
     parser.add_argument("models", nargs="*", default=["resnet18", "mobilenet_v2", "efficientnet_b0", "inception_v3"])
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--bn", choices=["blend", "exact"], default="blend", help="how BN statistics are populated")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batches} calibration batches of "
-        f"{args.batch_size}"
+        f"{args.batch_size}, BN statistics {args.bn}"
     )
     print(
         "| model | SQNR ours (dB) | SQNR ours, BC only (dB) | SQNR ours, neither (dB) | SQNR PT2E sym (dB) "
@@ -122,7 +151,7 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model, calib, test_x = setup(name, args.batches, args.batch_size)
+        model, calib, test_x = setup(name, args.batches, args.batch_size, args.bn)
         with torch.no_grad():
             model(calib[0])  # warm-up
             ref = model(test_x)

@@ -58,17 +58,34 @@ def assert_float_equivalent(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5
     assert torch.allclose(a, b, rtol=rtol, atol=atol), f"max |diff| = {(a - b).abs().max().item()}"
 
 
-def prepare_model(model: torch.nn.Module, input_size: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module, input_size: tuple[int, ...], seed: int = 0, bn_stats: str = "blend"
+) -> torch.nn.Module:
     """Random weights made realistic: zero-initialised weights get random values, and BN statistics are
-    populated by a few train-mode forwards on random data. Returns the model in eval mode."""
+    populated by train-mode forwards on random data. `bn_stats`: "blend" (two forwards of 4 with the
+    layers' momentum, 0.1: the statistics stay close to their initial 0 / 1, so each BN barely rescales)
+    or "exact" (cumulative averages over four forwards of 8: each BN normalises what reaches it, as in a
+    trained network's forward). Returns the model in eval mode."""
+    if bn_stats not in ("blend", "exact"):
+        raise ValueError(f"bn_stats must be 'blend' or 'exact', not {bn_stats!r}")
     torch.manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2 and not p.any():
                 p.normal_(0, 0.02)
+        if bn_stats == "exact":
+            for m in norms:
+                m.momentum = None
+                m.reset_running_stats()
         model.train()
-        for _ in range(2):
-            model(torch.randn(4, *input_size))
+        try:
+            for _ in range(2 if bn_stats == "blend" else 4):
+                model(torch.randn(4 if bn_stats == "blend" else 8, *input_size))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
     return model.eval()
 
 

@@ -74,3 +74,33 @@ def test_relu_fused_into_calibration_observes_and_outputs_the_clamped_values(cla
         assert torch.equal(fused(x), expected)
         assert fused.observer.counts == plain.observer.counts
     assert not kernels.failed()
+
+
+@pytest.mark.parametrize("clamp", [None, (0.0, 6.0)])
+def test_calibration_output_from_the_search_pass_equals_the_eager_fake_quantize(clamp, monkeypatch):
+    """From the second batch on, a calibration point fake-quantizes in the same pass as the fix-position
+    search (with the fix position in use before the batch) and keeps that output when the batch leaves the
+    fix position unchanged; either way the output is the eager fake-quantization at the current value."""
+    from pytorch_nndct.quant.runtime import ActPoint, Mode, QuantState
+
+    mode = RoundMode.HALF_UP
+    calls = {"n": 0}
+    fused_kernel = kernels._ERRORS_FQ[mode]
+
+    def counting(*args):
+        calls["n"] += 1
+        return fused_kernel(*args)
+
+    monkeypatch.setitem(kernels._ERRORS_FQ, mode, counting)
+    point = ActPoint("act", QuantSpec(8, True, mode), QuantState(Mode.CALIB))
+    point.fused_clamp = clamp
+    torch.manual_seed(3)
+    # sizes that split into rows (of 2048, of 64) and one that does not (4845 elements: odd)
+    for k, (shape, scale) in enumerate([((8, 24, 28, 28), 3.0), ((8, 40, 7, 7), 3.1), ((5, 3, 17, 19), 2.9)] * 2):
+        x = torch.randn(shape) * scale
+        x.view(-1)[:3] = torch.tensor([0.5, 6.0, -0.25])
+        out = point(x)
+        ref_in = x if clamp is None else x.clamp(*clamp)
+        expected = primitives.fake_quantize(ref_in, QuantSpec(8, True, mode, point.observer.value))
+        assert torch.equal(out, expected), k
+    assert calls["n"] == 3  # every batch after the first whose size splits into rows

@@ -160,3 +160,20 @@ def test_diffs_shifts_with_power_of_two_scale(values, k):
     base = fix_pos_diffs(x, spec)
     scaled = fix_pos_diffs(x * 2.0**k, spec)
     assert scaled == min(base - k, 12) or base == 12
+
+
+@pytest.mark.parametrize("size", [7, 14, 56, 112])
+def test_global_average_pool_is_the_dpu_window_sum_times_its_factor(size):
+    """Global adaptive pooling sums the plane directly (faster than a window of the plane's size); on the
+    fix-point grid the sum is exact, so it equals the windowed pooling bit for bit."""
+    from pytorch_nndct.ir.ops import Op
+    from pytorch_nndct.quant.dpu import DPU_FUNCTIONS
+
+    torch.manual_seed(size)
+    x = torch.randint(-128, 128, (2, 5, size, size)).float() * 2.0**-6
+    m, s = avgpool_factor(size * size)
+    windowed = torch.nn.functional.avg_pool2d(x, size, size, divisor_override=1) * (m / 2**s)
+    out = DPU_FUNCTIONS[Op.ADAPTIVE_AVG_POOL2D](x, 1)
+    assert out.shape == (2, 5, 1, 1)
+    assert torch.equal(out, windowed)
+    assert torch.equal(DPU_FUNCTIONS[Op.ADAPTIVE_AVG_POOL2D](x, (1, 1)), windowed)

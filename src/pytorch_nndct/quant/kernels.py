@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from . import primitives
 from .spec import QuantSpec, RoundMode
 
-__all__ = ["diffs_errors", "failed", "fake_quantize", "kernels_enabled"]
+__all__ = ["FusedOutput", "diffs_errors", "failed", "fake_quantize", "kernels_enabled"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -39,7 +40,7 @@ def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor, qmax: torch.Te
 
 
 def _errors(
-    x: torch.Tensor,
+    rows: torch.Tensor,
     scales: torch.Tensor,
     qmin: torch.Tensor,
     qmax: torch.Tensor,
@@ -49,16 +50,32 @@ def _errors(
 ) -> torch.Tensor:
     # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
     # and divided by s^2 once. Each element's error is exact in x's dtype; its square is summed in x's
-    # dtype over rows of _ROW elements (full-width vector lanes, relative error ~1e-6) and the row sums
-    # in float64. One loop per candidate lets the compiler keep each in registers. x is first clamped to
+    # dtype along a row (full-width vector lanes, relative error ~1e-6) and the row sums in float64. One
+    # loop per candidate lets the compiler keep each in registers. x is first clamped to
     # [clamp_lo, clamp_hi] (a ReLU/ReLU6 the output point applies itself; +-inf for none).
-    rows = torch.minimum(torch.maximum(x.view(-1, _ROW), clamp_lo), clamp_hi)
+    x = torch.minimum(torch.maximum(rows, clamp_lo), clamp_hi)
     sums = []
     for k in range(scales.shape[0]):
-        y = rows * scales[k]
+        y = x * scales[k]
         d = y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)
         sums.append((d * d).sum(dim=1).to(torch.float64).sum())
     return torch.stack(sums) / scales.to(torch.float64) ** 2
+
+
+def _errors_fq(
+    rows: torch.Tensor,
+    scales: torch.Tensor,
+    qmin: torch.Tensor,
+    qmax: torch.Tensor,
+    clamp_lo: torch.Tensor,
+    clamp_hi: torch.Tensor,
+    scale: torch.Tensor,
+    mode: RoundMode,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """_errors and, from the same read of x, fake_quantize(clamp(x)) at `scale`."""
+    errors = _errors(rows, scales, qmin, qmax, clamp_lo, clamp_hi, mode)
+    x = torch.minimum(torch.maximum(rows, clamp_lo), clamp_hi)
+    return errors, _fq(x, scale, qmin, qmax, mode)
 
 
 class _Compiled:
@@ -67,7 +84,7 @@ class _Compiled:
     fix position does not recompile either."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], mode: RoundMode) -> None:
-        def kernel(x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        def kernel(x: torch.Tensor, *tensors: torch.Tensor) -> Any:
             return fn(x, *tensors, mode)
 
         # a distinct code object per mode: compile caches are kept per code object
@@ -76,7 +93,7 @@ class _Compiled:
         self.compiled: Any = None
         self.failed = False
 
-    def __call__(self, *args: Any) -> torch.Tensor:
+    def __call__(self, *args: Any) -> Any:
         if not _ENABLED["value"] or self.failed:
             return self.fn(*args)
         if self.compiled is None:
@@ -92,8 +109,9 @@ class _Compiled:
 
 _FQ = {mode: _Compiled(_fq, mode) for mode in RoundMode}
 _ERRORS = {mode: _Compiled(_errors, mode) for mode in RoundMode}
-_CHUNK = 1 << 24
-_ROW = 2048  # elements per partial sum of the error kernel (divides _CHUNK)
+_ERRORS_FQ = {mode: _Compiled(_errors_fq, mode) for mode in RoundMode}
+_ROW = 2048  # at most this many elements per float32 partial sum of the error kernel
+_MIN_ROW = 64
 _SCALES: dict[tuple, torch.Tensor] = {}
 
 
@@ -123,7 +141,7 @@ def _bounds(
 
 def failed() -> bool:
     """True if a compiled kernel failed and the eager primitives are used instead."""
-    return any(k.failed for k in (*_FQ.values(), *_ERRORS.values()))
+    return any(k.failed for k in (*_FQ.values(), *_ERRORS.values(), *_ERRORS_FQ.values()))
 
 
 def fake_quantize(x: torch.Tensor, spec: QuantSpec, bounds: tuple[int, int] | None = None) -> torch.Tensor:
@@ -142,25 +160,50 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, bounds: tuple[int, int] | No
     return _FQ[spec.round_mode](x.reshape(-1), scale, lo, hi).view(x.shape)
 
 
+@dataclass
+class FusedOutput:
+    """Asks diffs_errors for fake_quantize(clamp(x)) at `fix_pos` from the same read of x; `value` is set
+    (flat) when it could be computed that way."""
+
+    fix_pos: int
+    value: torch.Tensor | None = None
+
+
+def _rows(flat: torch.Tensor) -> torch.Tensor | None:
+    """flat as rows of up to _ROW elements (a power of two dividing its size), or None if too short."""
+    n = flat.numel()
+    width = min(_ROW, n & -n)
+    return flat.view(-1, width) if width >= _MIN_ROW and n >= 2 * width else None
+
+
 def diffs_errors(
-    x: torch.Tensor, spec: QuantSpec, candidates: list[int], clamp: tuple[float, float] | None = None
+    x: torch.Tensor,
+    spec: QuantSpec,
+    candidates: list[int],
+    clamp: tuple[float, float] | None = None,
+    output: FusedOutput | None = None,
 ) -> torch.Tensor:
     """Same result as primitives.diffs_errors up to summation order and precision (relative ~1e-6), fused.
 
-    `clamp` (lo, hi): the errors of x.clamp(lo, hi), without writing the clamped tensor. Whole rows of
-    _ROW elements go through the compiled kernel; the tail (< _ROW elements) through the eager primitive.
+    `clamp` (lo, hi): the errors of x.clamp(lo, hi), without writing the clamped tensor. `output`: also
+    fake-quantize (the clamped) x in the same pass, when x's size splits into rows (see _rows); other
+    sizes go through the compiled kernel in rows of _ROW and through the eager primitive for the rest.
     """
     flat = x.detach().reshape(-1)
+    scales = _scales(tuple(candidates), x.dtype, x.device)
+    lo, hi = _bounds(spec, x.dtype, x.device)
+    c_lo, c_hi = _tensors((-math.inf, math.inf) if clamp is None else clamp, x.dtype, x.device)
+    rows = _rows(flat) if flat.numel() >= 4096 else None
+    if rows is not None:
+        if output is None:
+            return _ERRORS[spec.round_mode](rows, scales, lo, hi, c_lo, c_hi)
+        scale = _scales((output.fix_pos,), x.dtype, x.device)[0]
+        errors, out = _ERRORS_FQ[spec.round_mode](rows, scales, lo, hi, c_lo, c_hi, scale)
+        output.value = out.view(-1)
+        return errors
     bulk = flat.numel() // _ROW * _ROW
     if bulk < 2 * _ROW:
         return primitives.diffs_errors(flat if clamp is None else flat.clamp(*clamp), spec, candidates)
-    scales = _scales(tuple(candidates), x.dtype, x.device)
-    total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
-    lo, hi = _bounds(spec, x.dtype, x.device)
-    c_lo, c_hi = _tensors((-math.inf, math.inf) if clamp is None else clamp, x.dtype, x.device)
-    for start in range(0, bulk, _CHUNK):
-        total += _ERRORS[spec.round_mode](flat[start : min(start + _CHUNK, bulk)], scales, lo, hi, c_lo, c_hi)
-    if bulk < flat.numel():
-        tail = flat[bulk:] if clamp is None else flat[bulk:].clamp(*clamp)
-        total += primitives.diffs_errors(tail, spec, candidates)
-    return total
+    total = _ERRORS[spec.round_mode](flat[:bulk].view(-1, _ROW), scales, lo, hi, c_lo, c_hi)
+    tail = flat[bulk:] if clamp is None else flat[bulk:].clamp(*clamp)
+    return total + primitives.diffs_errors(tail, spec, candidates)

@@ -85,15 +85,20 @@ class ActPoint:
             if clamp is not None and self.calib.method not in _CLAMP_AWARE_METHODS:
                 x, clamp = x.clamp(*(None if math.isinf(v) else v for v in clamp)), None
             lo, hi = value_range(x)
-            errors: Callable[..., torch.Tensor] = kernels.diffs_errors
             if clamp is not None:  # the module left its ReLU/ReLU6 to this point: observe clamp(x)
                 lo, hi = (min(max(v, clamp[0]), clamp[1]) for v in (lo, hi))
-                errors = functools.partial(kernels.diffs_errors, clamp=clamp)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
                 return x if clamp is None else x.clamp(*(None if math.isinf(v) else v for v in clamp))
+            # the fix position in use is usually the one before this batch: fake-quantize with it in the
+            # same pass as the search, and keep that output if the batch did not change it
+            guess = self.observer.value
+            output = kernels.FusedOutput(guess) if guess is not None else None
+            errors = functools.partial(kernels.diffs_errors, clamp=clamp, output=output)
             self.observer.observe(calibrate(x, self.spec, self.calib, errors, (lo, hi)))
             current = self.observer.value
+            if output is not None and output.value is not None and current == guess:
+                return output.value.view(x.shape)
             if clamp is not None:
                 return self._clamped_fake_quantize(x, current)
         else:
