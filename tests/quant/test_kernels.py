@@ -104,3 +104,18 @@ def test_calibration_output_from_the_search_pass_equals_the_eager_fake_quantize(
         expected = primitives.fake_quantize(ref_in, QuantSpec(8, True, mode, point.observer.value))
         assert torch.equal(out, expected), k
     assert calls["n"] == 3  # every batch after the first whose size splits into rows
+
+
+def test_calibration_keeps_autograd_when_the_input_needs_it():
+    """The compiled kernels run without autograd; a calibration point fed a tensor that needs gradients
+    takes the eager path, so the output stays in the autograd graph."""
+    from pytorch_nndct.quant.runtime import ActPoint, Mode, QuantState
+
+    point = ActPoint("act", QuantSpec(8, True, RoundMode.HALF_UP), QuantState(Mode.CALIB))
+    for _ in range(2):
+        x = (torch.randn(8, 16, 32, 32) * 2).requires_grad_(True)
+        out = point(x)
+        assert out.requires_grad
+        assert torch.equal(
+            out.detach(), primitives.fake_quantize(x.detach(), point.spec.with_fix_pos(point.observer.value))
+        )

@@ -93,7 +93,8 @@ class ActPoint:
             # the fix position in use is usually the one before this batch: fake-quantize with it in the
             # same pass as the search, and keep that output if the batch did not change it
             guess = self.observer.value
-            output = kernels.FusedOutput(guess) if guess is not None else None
+            needs_grad = torch.is_grad_enabled() and x.requires_grad  # the compiled kernels run without autograd
+            output = kernels.FusedOutput(guess) if guess is not None and not needs_grad else None
             errors = functools.partial(kernels.diffs_errors, clamp=clamp, output=output)
             self.observer.observe(calibrate(x, self.spec, self.calib, errors, (lo, hi)))
             current = self.observer.value
