@@ -39,6 +39,21 @@ def _fq(x: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor, qmax: torch.Te
     return q / scale
 
 
+def _candidate_errors(
+    x: torch.Tensor, scales: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor, mode: RoundMode
+) -> torch.Tensor:
+    # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
+    # and divided by s^2 once. Each element's error is exact in x's dtype; its square is summed in x's
+    # dtype along a row (full-width vector lanes, relative error ~1e-6) and the row sums in float64. One
+    # loop per candidate lets the compiler keep each in registers.
+    sums = []
+    for k in range(scales.shape[0]):
+        y = x * scales[k]
+        d = y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)
+        sums.append((d * d).sum(dim=1).to(torch.float64).sum())
+    return torch.stack(sums) / scales.to(torch.float64) ** 2
+
+
 def _errors(
     rows: torch.Tensor,
     scales: torch.Tensor,
@@ -48,18 +63,10 @@ def _errors(
     clamp_hi: torch.Tensor,
     mode: RoundMode,
 ) -> torch.Tensor:
-    # x - q / s == (x * s - q) / s exactly (s a power of two), so the error is taken on the integer grid
-    # and divided by s^2 once. Each element's error is exact in x's dtype; its square is summed in x's
-    # dtype along a row (full-width vector lanes, relative error ~1e-6) and the row sums in float64. One
-    # loop per candidate lets the compiler keep each in registers. x is first clamped to
-    # [clamp_lo, clamp_hi] (a ReLU/ReLU6 the output point applies itself; +-inf for none).
+    """The candidates' errors of rows clamped to [clamp_lo, clamp_hi] (a ReLU/ReLU6 the output point
+    applies itself; +-inf for none)."""
     x = torch.minimum(torch.maximum(rows, clamp_lo), clamp_hi)
-    sums = []
-    for k in range(scales.shape[0]):
-        y = x * scales[k]
-        d = y - torch.minimum(torch.maximum(primitives.round_(y, mode), qmin), qmax)
-        sums.append((d * d).sum(dim=1).to(torch.float64).sum())
-    return torch.stack(sums) / scales.to(torch.float64) ** 2
+    return _candidate_errors(x, scales, qmin, qmax, mode)
 
 
 def _errors_fq(
@@ -73,9 +80,8 @@ def _errors_fq(
     mode: RoundMode,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """_errors and, from the same read of x, fake_quantize(clamp(x)) at `scale`."""
-    errors = _errors(rows, scales, qmin, qmax, clamp_lo, clamp_hi, mode)
     x = torch.minimum(torch.maximum(rows, clamp_lo), clamp_hi)
-    return errors, _fq(x, scale, qmin, qmax, mode)
+    return _candidate_errors(x, scales, qmin, qmax, mode), _fq(x, scale, qmin, qmax, mode)
 
 
 class _Compiled:
@@ -190,10 +196,13 @@ def diffs_errors(
     sizes go through the compiled kernel in rows of _ROW and through the eager primitive for the rest.
     """
     flat = x.detach().reshape(-1)
+    rows = _rows(flat) if flat.numel() >= 4096 else None
+    bulk = flat.numel() // _ROW * _ROW
+    if rows is None and bulk < 2 * _ROW:
+        return primitives.diffs_errors(flat if clamp is None else flat.clamp(*clamp), spec, candidates)
     scales = _scales(tuple(candidates), x.dtype, x.device)
     lo, hi = _bounds(spec, x.dtype, x.device)
     c_lo, c_hi = _tensors((-math.inf, math.inf) if clamp is None else clamp, x.dtype, x.device)
-    rows = _rows(flat) if flat.numel() >= 4096 else None
     if rows is not None:
         if output is None:
             return _ERRORS[spec.round_mode](rows, scales, lo, hi, c_lo, c_hi)
@@ -201,9 +210,6 @@ def diffs_errors(
         errors, out = _ERRORS_FQ[spec.round_mode](rows, scales, lo, hi, c_lo, c_hi, scale)
         output.value = out.view(-1)
         return errors
-    bulk = flat.numel() // _ROW * _ROW
-    if bulk < 2 * _ROW:
-        return primitives.diffs_errors(flat if clamp is None else flat.clamp(*clamp), spec, candidates)
     total = _ERRORS[spec.round_mode](flat[:bulk].view(-1, _ROW), scales, lo, hi, c_lo, c_hi)
     tail = flat[bulk:] if clamp is None else flat[bulk:].clamp(*clamp)
     return total + primitives.diffs_errors(tail, spec, candidates)

@@ -83,13 +83,13 @@ class ActPoint:
         if mode is Mode.CALIB:
             clamp = self.fused_clamp
             if clamp is not None and self.calib.method not in _CLAMP_AWARE_METHODS:
-                x, clamp = x.clamp(*(None if math.isinf(v) else v for v in clamp)), None
+                x, clamp = x.clamp(*clamp), None
             lo, hi = value_range(x)
             if clamp is not None:  # the module left its ReLU/ReLU6 to this point: observe clamp(x)
                 lo, hi = (min(max(v, clamp[0]), clamp[1]) for v in (lo, hi))
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
-                return x if clamp is None else x.clamp(*(None if math.isinf(v) else v for v in clamp))
+                return x if clamp is None else x.clamp(*clamp)
             # the fix position in use is usually the one before this batch: fake-quantize with it in the
             # same pass as the search, and keep that output if the batch did not change it
             guess = self.observer.value
@@ -114,7 +114,7 @@ class ActPoint:
         """fake_quantize(clamp(x)) for the fused ReLU/ReLU6: in one pass where its bounds are on the grid."""
         bounds = self.fused_bounds(fix_pos)
         if bounds is None and self.fused_clamp is not None:
-            x = x.clamp(*(None if math.isinf(v) else v for v in self.fused_clamp))
+            x = x.clamp(*self.fused_clamp)
         return kernels.fake_quantize(x, self.spec.with_fix_pos(fix_pos), bounds)
 
     def __call__(self, value: Any) -> Any:
