@@ -1,4 +1,5 @@
-"""The seed's API (vai_q_pytorch): `torch_quantizer`, a thin facade over trace / optimize / codegen / quant.
+"""The original's API (vai_q_pytorch 1.2 to 3.5): `torch_quantizer`, `dump_xmodel`, `Inspector`, a facade over
+capture / plan / codegen / quant / export (the machinery is in quantizer.py and the packages it calls).
 
 quantizer = torch_quantizer("calib", model, (x,))      # or "test", or "float"
 quant_model = quantizer.quant_model                     # run your own loop on it
@@ -7,51 +8,47 @@ quantizer.export_quant_config()                         # calib: writes quant_in
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .codegen import load_module, prepare_output_dir, write_atomic, write_module
+from .codegen import write_atomic
 from .errors import InputError, NndctError
 from .export.deploy import lower, sanitize
 from .export.deploy_check import write_deploy_check
 from .export.onnx_qdq import build_onnx
+from .export.onnx_tools import check_onnx, dump_onnx_layers, simplify_onnx
 from .export.partition import format_partition, partition
-from .export.quant_info import (
-    QUANT_INFO,
-    check_table,
-    read_bias_corr,
-    read_ft_params,
-    read_quant_info,
-    write_quant_info,
-)
+from .export.quant_info import QUANT_INFO, read_ft_params, write_quant_info
+from .export.torchscript import write_torch_script
 from .export.xmodel import write_xmodel
 from .finetune import run_fast_finetune
-from .ir.graph import Graph
-from .ir.trace import trace
-from .passes import equalization_pairs, equalize_, optimize
-from .quant.bias_corr import BiasCorrector, float_slice
+from .ir.custom import registered_custom_ops
+from .options import (
+    bind_inputs,
+    check_app_deploy,
+    check_unsupported,
+    resolve_device,
+    resolve_positional,
+)
+from .quant.bias_corr import BiasCorrector
 from .quant.config import ConfigError, QuantConfig, parse_config
-from .quant.plan import QuantPlan, graph_md5, make_plan
 from .quant.primitives import calibrate
 from .quant.rules import apply_constraints
-from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach, attach_bias_correction
-from .quant.table import QuantTable
+from .quant.runtime import Mode
+from .quantizer import LAST, QuantSession
 
-__all__ = ["dump_xmodel", "torch_quantizer"]
+__all__ = ["dump_xmodel", "load_vai_ops", "torch_quantizer"]
 
 log = logging.getLogger("pytorch_nndct")
 
-_LAST: dict[str, Any] = {}  # the last quantizer created, for the seed's module-level dump_xmodel()
-
 _MODES = {"calib": Mode.CALIB, 1: Mode.CALIB, "test": Mode.TEST, 2: Mode.TEST, "float": Mode.FLOAT, 0: Mode.FLOAT}
+_FORMATS = ("xmodel", "onnx", "torch_script")
 
 
 def _parse_mode(quant_mode: Any) -> Mode:
@@ -113,99 +110,174 @@ def _read_config(path: str | os.PathLike, bitwidth_w: int, bitwidth_a: int) -> Q
     return parse_config(doc, bitwidth_w, bitwidth_a, where=str(file))
 
 
-class torch_quantizer:
-    """Build the quantized version of `module` (see the seed README for the workflow)."""
+def _the_module(module: Any) -> torch.nn.Module:
+    if isinstance(module, list | tuple):
+        raise InputError(
+            "torch_quantizer got a list of modules; quantizing several models in one quantizer is not supported "
+            "yet. Fix: create one torch_quantizer per model (each with its own output_dir)."
+        )
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"torch_quantizer needs the float model as a torch.nn.Module, got {type(module).__name__}.")
+    if isinstance(module, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+        log.warning("pytorch_nndct: the model is wrapped in %s; quantizing its .module", type(module).__name__)
+        return module.module
+    return module
+
+
+def _custom_ops(names: Any) -> frozenset[str]:
+    if names is None:
+        return frozenset()
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"custom_quant_ops must be a list of op type names, got {names!r}.")
+    registered = registered_custom_ops()
+    unknown = sorted(set(names) - set(registered))
+    if unknown:
+        known = ", ".join(sorted(registered)) or "none so far"
+        raise InputError(
+            f"custom_quant_ops names {unknown}, which no register_custom_op call registered (registered: {known}). "
+            "Fix: decorate the op's function with @pytorch_nndct.utils.register_custom_op('<op_type>') before "
+            "creating the quantizer."
+        )
+    return frozenset(names)
+
+
+class torch_quantizer(QuantSession):
+    """Build the quantized version of `module` (see the README for the workflow); vai_q_pytorch 3.5's signature.
+
+    1.2-era positional calls `(quant_mode, module, input_args, state_dict_file, output_dir, bitwidth_w,
+    bitwidth_a)` also work: a path in fourth place is read that way. `bitwidth_w` / `bitwidth_a` stay as
+    keywords. `device=None` keeps the model where its parameters are. `target` (a DPU name or fingerprint)
+    keeps what that DPU cannot run in float (hardware-aware quantization) unless a `quant_config_file` is
+    given. `dynamo=True` is accepted: our capture is torch.export-based already.
+    """
 
     def __init__(
         self,
         quant_mode: str | int,
         module: torch.nn.Module,
         input_args: Any = None,
+        input_kwargs: dict | None = None,
         state_dict_file: str | os.PathLike | None = None,
         output_dir: str | os.PathLike = "quantize_result",
         bitwidth: int | None = None,
+        mix_bit: bool = False,
         device: torch.device | str | None = None,
+        lstm: bool = False,
+        app_deploy: str = "CV",
+        qat_proc: bool = False,
+        custom_quant_ops: list[str] | None = None,
         quant_config_file: str | os.PathLike | None = None,
+        target: str | None = None,
+        dynamo: bool = False,
         *,
         bitwidth_w: int | None = None,
         bitwidth_a: int | None = None,
         include_bias_corr: bool | None = None,
     ) -> None:
-        self.mode = _parse_mode(quant_mode)
-        if not isinstance(module, torch.nn.Module):
-            raise InputError(
-                f"torch_quantizer needs the float model as a torch.nn.Module, got {type(module).__name__}."
-            )
-        if input_args is None:
+        mode = _parse_mode(quant_mode)
+        input_kwargs, legacy = resolve_positional(
+            input_kwargs, state_dict_file, output_dir, bitwidth, bitwidth_w, bitwidth_a
+        )
+        check_unsupported(lstm=lstm, mix_bit=mix_bit, qat_proc=qat_proc)
+        check_app_deploy(app_deploy)
+        module = _the_module(module)
+        if input_args is None and not input_kwargs:
             raise InputError(
                 "input_args is required: an example input (tensor or tuple) with the real shapes, e.g. "
                 "torch.randn(1, 3, 224, 224)."
             )
-        self.bitwidth_w = bitwidth_w or bitwidth or 8
-        self.bitwidth_a = bitwidth_a or bitwidth or 8
+        inputs = bind_inputs(module, input_args, input_kwargs)
+        self.bitwidth_w = legacy.bitwidth_w or 8
+        self.bitwidth_a = legacy.bitwidth_a or 8
         for name, bw in (("bitwidth_w", self.bitwidth_w), ("bitwidth_a", self.bitwidth_a)):
-            if not isinstance(bw, int) or not 2 <= bw <= 16:
+            if not isinstance(bw, int) or isinstance(bw, bool) or not 2 <= bw <= 16:
                 raise InputError(f"{name} must be an integer from 2 to 16, got {bw!r}.")
-        self.config: QuantConfig = (
+        self.config = (
             QuantConfig.default(self.bitwidth_w, self.bitwidth_a)
             if quant_config_file is None
             else _read_config(quant_config_file, self.bitwidth_w, self.bitwidth_a)
         )
         if include_bias_corr is not None:
             self.config.include_bias_corr = bool(include_bias_corr)
-        if state_dict_file is not None:
-            _load_state_dict(module, state_dict_file)
-        self.output_dir = prepare_output_dir(output_dir)
-        self.device = torch.device(device) if device is not None else None
-
-        self.graph = optimize(trace(module, _on_device_of(module, input_args)))
-        if self.config.include_cle:
-            pairs = len(equalization_pairs(self.graph))
-            if equalize_(self.graph):
-                log.info("pytorch_nndct: cross-layer equalization balanced %d conv pair(s)", pairs)
-        self.graph_md5 = graph_md5(self.graph)
-        module_types = {name: type(m) for name, m in module.named_modules()}
-        self.plan: QuantPlan = make_plan(self.graph, config=self.config, module_types=module_types)
-        self._model = load_module(write_module(self.graph, self.output_dir))
-        self.state = QuantState(self.mode)
-        self.points = attach(self._model, self.graph, self.plan, self.state)
-        self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
-        if self.mode is Mode.CALIB and self.config.include_bias_corr and self.corrector.layers:
-            self._model.register_forward_pre_hook(self._reference_pass, with_kwargs=True)
-            self._model.register_forward_hook(self._end_pass)
+        self.target = self._hardware_target(target, quant_config_file)
+        custom = _custom_ops(custom_quant_ops)
+        if legacy.state_dict_file is not None:
+            _load_state_dict(module, legacy.state_dict_file)
+        self.output_dir = self.export_dir(legacy.output_dir)
+        self.device = resolve_device(device)
         if self.device is not None:
-            self._model.to(self.device)
-        self.table: QuantTable | None = None
-        if self.mode is Mode.TEST:
-            self._load_config()
-        _LAST["quantizer"] = weakref.ref(self)
-        self._last_inputs: tuple | None = None  # the last test-mode input, for deploy_check data
-        self._model.register_forward_pre_hook(self._remember_inputs)
-        n_param = len(self.plan.params)
-        log.info(
-            "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
-            "generated module in %s",
-            self.graph.name,
-            self.mode.name.lower(),
-            n_param,
-            len(self.plan.outputs),
-            len(self.plan.float_ops),
-            self.output_dir,
-        )
+            module.to(self.device)
+        if dynamo:
+            log.info("pytorch_nndct: dynamo=True: the model is captured with torch.export (as always)")
+        self.build(mode, module, _on_device_of(module, inputs), self._float_nodes(), custom)
 
-    # ------------------------------------------------------------------ the seed's interface
+    def _hardware_target(self, target: str | None, quant_config_file: Any) -> Any:
+        if target is None:
+            return None
+        if quant_config_file is not None:
+            log.warning(
+                "pytorch_nndct: the hardware-aware quantization is turned off by quant_config_file; target %r is "
+                "ignored.",
+                target,
+            )
+            return None
+        from .targets import get_target
+
+        return get_target(target)
+
+    def _float_nodes(self) -> Callable | None:
+        if self.target is None:
+            return None
+        from .targets import cpu_ops
+
+        target = self.target
+        return lambda graph: cpu_ops(graph, target)
+
+    # ------------------------------------------------------------------ 3.5 workflow methods
+    def quantize(self, run_fn: Callable[..., Any], run_args: tuple = (), ft_run_args: tuple | None = None) -> Path:
+        """Calibration in one call: optional fast finetune on `ft_run_args`, `run_fn(*run_args)` over the
+        calibration data, then export_quant_config(); returns quant_info.json's path."""
+        self._require_mode(Mode.CALIB, "quantize()", "create the quantizer with quant_mode='calib'")
+        if ft_run_args is not None:
+            self.fast_finetune(run_fn, ft_run_args)
+        run_fn(*run_args)
+        return self.export_quant_config()
+
+    def test(self, run_fn: Callable[..., Any], run_args: tuple = ()) -> Any:
+        """Evaluate the quantized model: test mode (switching from calib after quantize()), `run_fn(*run_args)`;
+        returns and logs what it returns."""
+        self._to_test_mode()
+        result = run_fn(*run_args)
+        log.info("pytorch_nndct: test result: %s", result)
+        return result
+
+    def deploy(self, run_fn: Callable[..., Any], run_args: tuple = (), fmt: str = "xmodel") -> Path:
+        """Test mode, one run of `run_fn(*run_args)`, then the export `fmt` ('xmodel', 'onnx' or
+        'torch_script') into the output dir; returns the written file."""
+        if fmt not in _FORMATS:
+            raise InputError(f"deploy(fmt={fmt!r}): fmt must be one of {', '.join(_FORMATS)}.")
+        self._to_test_mode()
+        run_fn(*run_args)
+        if fmt == "xmodel":
+            return self.export_xmodel()
+        if fmt == "onnx":
+            return self.export_onnx_model()
+        return self._write_torch_script(None, False)[0]
+
     @property
-    def quant_model(self) -> torch.nn.Module:
-        """The generated module with quantization attached; use it in your own loop."""
-        return self._model
+    def deploy_model(self) -> None:
+        """Only quantization-aware training has a deployable model (as in the original); None here."""
+        log.warning("pytorch_nndct: only quantization-aware training has a deployable model; returning None")
+        return None
 
+    # ------------------------------------------------------------------ calibration results
     def export_quant_config(self) -> Path:
         """Calibration: write quant_info.json from what the forward passes saw. Test mode: keeps the file."""
         path = self.output_dir / QUANT_INFO
         if self.mode is not Mode.CALIB:
             log.info("pytorch_nndct: %s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
             return path
-        table = self._table_from_points()
+        table = self.table_from_points()
         corrections = self.corrector.values() if self.config.include_bias_corr else {}
         overrides = self._overrides()
         if corrections:
@@ -243,31 +315,34 @@ class torch_quantizer:
         self._set_overrides(values)
         log.info("pytorch_nndct: loaded %d fast-finetuned parameter(s) from %s", len(values), self.output_dir)
 
+    # ------------------------------------------------------------------ exports
     def export_xmodel(
-        self, output_dir: str | os.PathLike | None = None, deploy_check: bool = False, batch_size: int | None = None
+        self,
+        output_dir: str | os.PathLike | None = None,
+        deploy_check: bool = False,
+        dynamic_batch: bool = False,
+        *,
+        batch_size: int | None = None,
     ) -> Path:
         """Test mode: write `<Model>_int.xmodel` (XIR, NHWC, fix ops) at `batch_size` (default 1); returns its path.
 
-        Ops with no XIR equivalent are written as custom ops and listed in a warning. No forward pass at
-        batch size 1 is needed (the original needed one).
+        `output_dir` defaults to the constructor's. Ops with no XIR equivalent are written as custom ops and
+        listed in a warning. No forward pass is needed (the original needed one at batch size 1), except for
+        `deploy_check` data, which records the last test-mode input. `dynamic_batch` is accepted for the
+        original's signature: an XIR graph has fixed shapes and the compiler sets the batch.
         """
-        if self.mode is not Mode.TEST:
-            raise NndctError(
-                f"export_xmodel() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} mode. "
-                "Fix: calibrate and export_quant_config() first, then create the quantizer with quant_mode='test' "
-                "and export from it."
-            )
+        self._require_mode(Mode.TEST, "export_xmodel()", "calibrate, then create the quantizer in 'test' mode")
         if self.config.target_device != "DPU":
             raise NndctError(
                 f"export_xmodel() writes a DPU model, but the quant config targets {self.config.target_device}. "
                 "Fix: export with export_onnx_model(), or calibrate with target_device DPU."
             )
+        check_inputs = self.require_forward("export_xmodel(deploy_check=True)") if deploy_check else None
         deploy = lower(self.export_graph(), self.plan, self.table, batch_size)
-        out_dir = output_dir if output_dir is not None else self.output_dir
-        check_inputs = self._deploy_check_inputs(deploy) if deploy_check else None
-        path = write_xmodel(deploy, out_dir)
+        out = self.export_dir(output_dir)
+        path = write_xmodel(deploy, out)
         if check_inputs is not None:
-            folder = write_deploy_check(deploy, check_inputs, out_dir)
+            folder = write_deploy_check(deploy, self._deploy_check_inputs(deploy, check_inputs), out)
             log.info("pytorch_nndct: wrote deploy_check data to %s", folder)
         if deploy.custom:
             log.warning(
@@ -278,13 +353,25 @@ class torch_quantizer:
         log.info("pytorch_nndct: wrote %s (%d ops)", path, len(deploy.ops))
         return path
 
-    def export_onnx_model(self, output_dir: str | os.PathLike | None = None) -> Path:
-        """Test mode: write `<Model>_int.onnx` with QuantizeLinear/DequantizeLinear pairs (SPEC 6)."""
-        if self.mode is not Mode.TEST:
-            raise NndctError(
-                f"export_onnx_model() needs the calibrated model, but this quantizer is in {self.mode.name.lower()} "
-                "mode. Fix: create the quantizer with quant_mode='test' after calibration and export from it."
-            )
+    def export_onnx_model(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        verbose: bool = False,
+        dynamic_batch: bool = False,
+        opset_version: int | None = None,
+        native_onnx: bool = True,
+        dump_layers: bool = False,
+        check_model: bool = False,
+        opt_graph: bool = False,
+    ) -> Path:
+        """Test mode: write `<Model>_int.onnx` with QuantizeLinear/DequantizeLinear pairs (SPEC 6).
+
+        The batch axis is dynamic whenever the capture kept it symbolic (`dynamic_batch=True` insists on it).
+        `native_onnx=False` still writes standard Q/DQ (as the original does on torch >= 2.0). `dump_layers`
+        writes every layer's onnxruntime output for the last test input to `onnx_layer_output/`;
+        `check_model` runs onnxruntime on it and compares with the simulation; `opt_graph` runs onnxsim.
+        """
+        self._require_mode(Mode.TEST, "export_onnx_model()", "create the quantizer with quant_mode='test'")
         if self.config.target_device == "DPU":
             log.warning(
                 "pytorch_nndct: this model was quantized for the DPU, which rounds activations half up; "
@@ -292,69 +379,89 @@ class torch_quantizer:
                 "by a few LSB. For an ONNX model equal to the simulation, quantize with target_device CPU and "
                 "round_mode half_even for inputs and activations (see the README's config section)."
             )
-        model = build_onnx(self.export_graph(), self.plan, self.table)
-        out = prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
+        if not native_onnx:
+            log.info("pytorch_nndct: native_onnx=False: writing standard QuantizeLinear/DequantizeLinear")
+        sample = (
+            self.require_forward("export_onnx_model(dump_layers or check_model)")
+            if (dump_layers or check_model)
+            else None
+        )
+        graph = self.export_graph()
+        if dynamic_batch and any(isinstance(d, int) for n in graph.inputs for d in n.meta.shape[:1]):
+            raise NndctError(
+                "export_onnx_model(dynamic_batch=True): the model was captured with a fixed batch size, so the ONNX "
+                "batch axis cannot be dynamic. Fix: see the capture warning for the line that fixes the batch."
+            )
+        model = build_onnx(graph, self.plan, self.table)
+        if opt_graph:
+            model = simplify_onnx(model)
+        if verbose:
+            import onnx
+
+            log.info("pytorch_nndct: ONNX graph:\n%s", onnx.printer.to_text(model.graph))
+        out = self.export_dir(output_dir)
         path = out / f"{sanitize(self.graph.name)}_int.onnx"
         write_atomic({path: model.SerializeToString()})
         log.info("pytorch_nndct: wrote %s", path)
+        if dump_layers:
+            folder = dump_onnx_layers(model, sample, out / "onnx_layer_output")
+            log.info("pytorch_nndct: wrote onnxruntime layer outputs to %s", folder)
+        if check_model:
+            check_onnx(model, sample, self.quant_model)
         return path
+
+    def export_torch_script(
+        self, output_dir: str | os.PathLike | None = None, verbose: bool = False
+    ) -> torch.jit.ScriptModule:
+        """Test mode: write `<Model>_int.pt`, the quantized model traced to TorchScript (bit-exact with the
+        simulation; loads with torch.jit.load alone); returns the ScriptModule. Traced on the last test-mode
+        input, else on the example inputs."""
+        return self._write_torch_script(output_dir, verbose)[1]
+
+    def _write_torch_script(self, output_dir: Any, verbose: bool) -> tuple[Path, torch.jit.ScriptModule]:
+        self._require_mode(Mode.TEST, "export_torch_script()", "create the quantizer with quant_mode='test'")
+        path, traced = write_torch_script(
+            self.quant_model, self.inputs_for_export(), self.export_dir(output_dir), sanitize(self.graph.name), verbose
+        )
+        log.info("pytorch_nndct: wrote %s", path)
+        return path, traced
+
+    def export_traced_torch_script(
+        self, output_dir: str | os.PathLike | None = None, verbose: bool = False
+    ) -> torch.jit.ScriptModule:
+        """Deprecated in the original: the same as export_torch_script()."""
+        log.warning('pytorch_nndct: "export_traced_torch_script" is deprecated; use "export_torch_script" instead.')
+        return self.export_torch_script(output_dir, verbose)
 
     def partition_report(self, batch_size: int | None = None) -> str:
         """Which ops a DPU would run and which stay on the CPU, with the reason for each (text table)."""
-        table = self.table if self.table is not None else self._expected_table()
+        table = self.table if self.table is not None else self.expected_table()
         graph = self.export_graph()
         deploy = lower(graph, self.plan, table, batch_size)
         return format_partition(partition(graph, self.plan, deploy))
 
     # ------------------------------------------------------------------ internals
-    def _reference_pass(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Calibration with bias correction: run the float model on a slice of the batch first."""
-        if self.state.mode is not Mode.CALIB or self.corrector.phase == "float":
+    def _require_mode(self, mode: Mode, what: str, fix: str) -> None:
+        if self.mode is not mode:
+            need = "the calibrated model (test mode)" if mode is Mode.TEST else f"{mode.name.lower()} mode"
+            raise NndctError(f"{what} needs {need}, but this quantizer is in {self.mode.name.lower()} mode. "
+                             f"Fix: {fix}.")  # fmt: skip
+
+    def _to_test_mode(self) -> None:
+        if self.mode is Mode.TEST:
             return
-        f_args, f_kwargs = float_slice(args, kwargs)
-        self.corrector.phase, self.state.mode = "float", Mode.FLOAT
-        try:
-            with torch.no_grad():
-                module(*f_args, **f_kwargs)
-        finally:
-            self.corrector.phase, self.state.mode = "quant", Mode.CALIB
-
-    def _end_pass(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        if self.corrector.phase == "quant":
-            self.corrector.phase = None
-
-    def export_graph(self) -> Graph:
-        """The optimized graph as it deploys: fast-finetuned parameters and bias corrections applied."""
-        values = {k: c.value for k, c in self.corrector.layers.items() if c.value is not None}
-        overrides = self._overrides()
-        if not values and not overrides:
-            return self.graph
-        params = dict(self.graph.params)
-        for key, value in overrides.items():
-            params[key] = value.to(params[key].device, params[key].dtype)
-        for key, value in values.items():
-            params[key] = params[key] + value.to(params[key].device, params[key].dtype)
-        return dataclasses.replace(self.graph, params=params)
-
-    def _overrides(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for p in self.plan.params:
-            value = self.points[p.key].overrides.get(p.role)
-            if value is not None:
-                out[p.key] = value
-        return out
-
-    def _set_overrides(self, values: dict[str, torch.Tensor]) -> None:
-        for p in self.plan.params:
-            if p.key in values:
-                self.points[p.key].overrides[p.role] = values[p.key].to(self.graph.params[p.key].device)
-
-    def _deploy_check_inputs(self, deploy: Any) -> list[torch.Tensor]:
-        if self._last_inputs is None:
+        if self.mode is Mode.FLOAT:
+            raise NndctError("test() and deploy() need a calibrated model; this quantizer is in float mode.")
+        if not (self.output_dir / QUANT_INFO).is_file():
             raise NndctError(
-                "deploy_check needs one input to record: run quantizer.quant_model(x) in test mode once, then export."
+                f"test() needs {self.output_dir / QUANT_INFO}: call quantize() (or export_quant_config() after "
+                "calibrating) first."
             )
-        leaves, _ = torch.utils._pytree.tree_flatten(self._last_inputs)
+        self.state.mode = Mode.TEST
+        self.load_config()
+
+    def _deploy_check_inputs(self, deploy: Any, sample: tuple) -> list[torch.Tensor]:
+        leaves, _ = torch.utils._pytree.tree_flatten(sample)
         tensors = [t.detach().cpu() for t in leaves if isinstance(t, torch.Tensor)]
         batch = next(op.shape[0] for op in deploy.ops if op.type == "data")
         if any(t.shape[0] < batch for t in tensors):
@@ -363,66 +470,17 @@ class torch_quantizer:
             )
         return [t[:batch] for t in tensors]
 
-    def _remember_inputs(self, module: torch.nn.Module, args: tuple) -> None:
-        if self.state.mode is Mode.TEST:
-            self._last_inputs = args
-
-    def _expected_table(self) -> QuantTable:
-        table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
-        for p in self.plan.params:
-            table.params[p.key] = p.spec
-        table.outputs.update(self.plan.outputs)
-        return table
-
-    def _table_from_points(self) -> QuantTable:
-        table = self._expected_table()
-        missing_params = []
-        for p in self.plan.params:
-            pq: ParamQuant = self.points[p.key]
-            fp = pq.specs[p.role].fix_pos
-            if fp is None and not p.spec.float_scale:
-                missing_params.append(p.key)
-            table.params[p.key] = p.spec.with_fix_pos(fp)
-        seen = 0
-        for key, spec in self.plan.outputs.items():
-            point: ActPoint | None = self.points.get(key)
-            fp = point.observer.value if point is not None else None
-            seen += fp is not None
-            table.outputs[key] = spec.with_fix_pos(fp)
-        if (self.plan.outputs and seen == 0) or (missing_params and len(missing_params) == len(self.plan.params)):
-            raise NndctError(
-                "export_quant_config() was called before any calibration forward pass. Fix: run "
-                "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
-            )
-        unseen = [k for k, s in table.outputs.items() if s.fix_pos is None]
-        if unseen:
-            log.warning(
-                "pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5]
-            )
-        return table
-
-    def _load_config(self) -> None:
-        loaded, doc = read_quant_info(self.output_dir, self.graph.name)
-        check_table(loaded, self._expected_table(), doc, str(self.output_dir / QUANT_INFO))
-        self.table = loaded
-        if loaded.fast_finetuned:
-            self._set_overrides(read_ft_params(self.output_dir, set(self.graph.params)))
-        if loaded.bias_corrected:
-            corrections = read_bias_corr(self.output_dir, set(self.corrector.layers))
-            for key, value in corrections.items():
-                self.corrector.layers[key].value = value.to(self.graph.params[key].device)
-        for p in self.plan.params:
-            pq: ParamQuant = self.points[p.key]
-            pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)
-        for key, point in self.points.items():
-            if isinstance(point, ActPoint):
-                point.fix_pos = loaded.outputs[key].fix_pos
-
 
 def dump_xmodel(output_dir: str | os.PathLike = "quantize_result", deploy_check: bool = False) -> Path:
     """The seed's module-level export: `export_xmodel` of the last quantizer created (in test mode)."""
-    ref = _LAST.get("quantizer")
+    ref = LAST.get("quantizer")
     quantizer = ref() if ref is not None else None
     if quantizer is None:
         raise NndctError("dump_xmodel() needs a quantizer: create torch_quantizer('test', ...) first.")
     return quantizer.export_xmodel(output_dir, deploy_check)
+
+
+def load_vai_ops() -> None:
+    """The original registers onnxruntime ops for its non-native ONNX export; ours is always native Q/DQ, so
+    there is nothing to register (kept so 3.5 scripts that call it run unchanged)."""
+    log.info("pytorch_nndct: load_vai_ops(): our ONNX exports use standard Q/DQ ops; nothing to register")

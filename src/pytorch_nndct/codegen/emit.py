@@ -219,7 +219,7 @@ def _cat(node: Node, ctx: _Ctx) -> Emission:
     return Emission("nndct_nn.Module('cat')", f"{{m}}({tensors}, dim={node.attrs['dim']!r})")
 
 
-@emits(Op.ATEN)
+@emits(Op.ATEN, Op.CUSTOM)
 def _aten(node: Node, ctx: _Ctx) -> Emission:
     args = [ctx.lit(a, node) for a in node.attrs["args"]]
     kwargs = [f"{k}={ctx.lit(v, node)}" for k, v in node.attrs["kwargs"].items()]

@@ -628,3 +628,38 @@ def _pad(lw: _Lowering, node: Node) -> None:
         "constant_values": ("float_vec", [float(a["value"] or 0.0)] * (2 * rank)),
     }
     lw.emit(node, XOp(lw.op_name(node), "pad", lw.phys_shape(node), attrs, {"input": [lw.value[src.name]]}), nhwc)
+
+
+def _xir_attr(value: Any) -> tuple[str, Any] | None:
+    """A custom op attribute as an XIR AttrValue (kind, value); None for values XIR cannot hold."""
+    if isinstance(value, bool):
+        return "bool", value
+    if isinstance(value, int):
+        return "int32", value
+    if isinstance(value, float):
+        return "float", value
+    if isinstance(value, str):
+        return "string", value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return "int32_vec", list(value)
+    if isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
+        return "float_vec", [float(v) for v in value]
+    return None
+
+
+@lowers(Op.CUSTOM)
+def _custom(lw: _Lowering, node: Node) -> None:
+    """A register_custom_op op: an XIR op of type op_type with its named attributes (VAIQ35 6); the compiler
+    places it on the CPU, where the user supplies its implementation. 4-D values are NHWC, as XIR's are."""
+    nhwc = _spatial(lw, node)
+    shape = lw.phys_shape(node)
+    attrs = {"shape": ("int32_vec", shape), "data_type": ("string", "FLOAT32")}
+    for name, value in node.attrs["op_attrs"].items():
+        attr = _xir_attr(value)
+        if attr is None:
+            raise NndctError(f"{node.where()}: attribute {name}={value!r} of custom op cannot be written to XIR")
+        attrs[name] = attr
+    args = {"input": [lw.value_as(i, nhwc) for i in node.inputs if i.name in lw.value]}
+    op = XOp(lw.op_name(node), node.attrs["op_type"], shape, attrs, args)
+    lw.out.custom[op.name] = f"custom op {node.attrs['op_type']}: runs on the CPU with your implementation"
+    lw.emit(node, op, nhwc)

@@ -381,8 +381,10 @@ def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool
         dims = ["batch" if d == "B" else d for d in node.meta.shape]
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, b.inits)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="pytorch_nndct")  # fmt: skip
+    opsets = [helper.make_opsetid("", OPSET)]
+    if any(n.domain == CUSTOM_DOMAIN for n in b.nodes):
+        opsets.append(helper.make_opsetid(CUSTOM_DOMAIN, 1))
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="pytorch_nndct")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -480,3 +482,18 @@ def _pad(b: _Builder, node: Node) -> None:
     pads = _int64(b, f"{node.name}_pads", begin + end)
     value = b.init(f"{node.name}_value", np.array(float(a["value"] or 0.0), dtype=np.float32))
     b.emit(node, b.add("Pad", [b.inp(node), pads, value], node.name, mode="constant"))
+
+
+CUSTOM_DOMAIN = "pytorch_nndct.custom"
+
+
+@onnx_lowers(Op.CUSTOM)
+def _custom(b: _Builder, node: Node) -> None:
+    """A register_custom_op op: a node of its op_type in our custom domain, with its named attributes (the
+    runtime needs the user's implementation, as on the DPU's CPU side)."""
+    attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in node.attrs["op_attrs"].items()}
+    inputs = [b.value[i.name] for i in node.inputs]
+    b.nodes.append(
+        b.helper.make_node(node.attrs["op_type"], inputs, [node.name], name=node.name, domain=CUSTOM_DOMAIN, **attrs)
+    )
+    b.emit(node, node.name)

@@ -16,7 +16,7 @@ from typing import Any
 from .graph import Node
 from .ops import Op
 
-__all__ = ["CONVERTERS", "Call", "Param", "Spec", "TorchConst", "converts"]
+__all__ = ["CONVERTERS", "Call", "Param", "Spec", "TorchConst", "converter_for", "converts"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ NOT_FROM_ATEN: dict[Op, str] = {
     Op.SCALAR: "made from Python arithmetic on symbolic sizes",
     Op.CHANNEL_SCALE: "made by the fold-BN pass from a batch-norm it cannot fold",
     Op.ATEN: "made for every ATen operator no converter takes",
+    Op.CUSTOM: "made for the ops registered with register_custom_op (see ir/custom.py: custom_spec)",
 }
 
 
@@ -525,3 +526,27 @@ def _up_nearest_default(call: Call) -> Spec:
 @converts("aten.upsample_bilinear2d.default", produces=Op.INTERPOLATE)
 def _up_bilinear_default(call: Call) -> Spec:
     return _interp_default(call, "bilinear")
+
+
+# --------------------------------------------------------------------------- user-registered ops
+def _custom(call: Call) -> Spec | None:
+    """`nndct_custom.<op_type>.<overload>` (ir/custom.py): the last len(attrs_list) arguments are attributes."""
+    from .custom import custom_op_def
+
+    op_type = call.target.split(".")[1]
+    op = custom_op_def(op_type)
+    if op is None:
+        return None
+    args = [call.args[f"a{k}"] for k in range(len(call.args))]
+    named = dict(zip(op.attrs_list, args[len(args) - len(op.attrs_list) :])) if op.attrs_list else {}
+    attrs = {"op_type": op_type, "target": call.target, "args": args, "kwargs": {}, "op_attrs": named}
+    return Spec(Op.CUSTOM, attrs=attrs)
+
+
+def converter_for(target: str) -> Converter | None:
+    """The converter of an operator, by its qualified name (user-registered custom ops included)."""
+    from .custom import NAMESPACE
+
+    if target.startswith(NAMESPACE + "."):
+        return _custom
+    return CONVERTERS.get(target)

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 
 from ..errors import CaptureError
-from .aten_map import CONVERTERS, Call, Param, Spec, TorchConst
+from .aten_map import Call, Param, Spec, TorchConst, converter_for
 from .graph import Graph, InputSpec, Node, Ref, TensorMeta, map_refs
 from .ops import Op
 
@@ -264,7 +264,7 @@ class _Importer:
         kwargs = self.value(dict(fx_node.kwargs))
         meta_val = fx_node.meta.get("val")
         call = Call(name, _bind(target, args, kwargs), isinstance(meta_val, list | tuple))
-        converter = CONVERTERS.get(name)
+        converter = converter_for(name)
         spec = None
         if converter is not None:
             try:

@@ -80,6 +80,8 @@ class Op(enum.Enum):
     IDENTITY = "identity"
     # anything else: a float op calling the original ATen operator
     ATEN = "aten"
+    # an op the user registered with pytorch_nndct.utils.register_custom_op
+    CUSTOM = "custom"
 
 
 class OutputRule(enum.Enum):
@@ -190,6 +192,7 @@ def _defs() -> dict[Op, OpDef]:
         OpDef(Op.DROPOUT, output=_S),
         OpDef(Op.IDENTITY, output=_S),
         OpDef(Op.ATEN, attrs=("target", "args", "kwargs")),
+        OpDef(Op.CUSTOM, attrs=("op_type", "target", "args", "kwargs", "op_attrs")),
     ]
     return {d.op: d for d in table}
 

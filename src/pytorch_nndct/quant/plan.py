@@ -84,6 +84,7 @@ QUANT_ROLE: dict[Op, Role] = {
     Op.DROPOUT: _L,
     Op.IDENTITY: _L,
     Op.ATEN: _FL,
+    Op.CUSTOM: _FL,  # quantized when its op_type is in custom_quant_ops
 }
 
 # parameter roles that are quantized, and as what
@@ -126,12 +127,14 @@ def make_plan(
     bitwidth_a: int = 8,
     config: QuantConfig | None = None,
     module_types: dict[str, type] | None = None,
+    custom_quant_ops: frozenset[str] | set[str] = frozenset(),
 ) -> QuantPlan:
     """Plan the quantization points of an optimized graph.
 
     `config` (default: the original's defaults at the given bit widths) sets each tensor's format and
     calibration; its per-layer rules match node scopes, and module types through `module_types`
-    (scope -> the float model's module class).
+    (scope -> the float model's module class). Custom ops (register_custom_op) run in float; those whose
+    op_type is in `custom_quant_ops` get their output quantized.
     """
     plan = QuantPlan()
     config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
@@ -162,9 +165,14 @@ def make_plan(
             end = nxt
         return end
 
+    def role_of(node: Node) -> Role:
+        if node.op is Op.CUSTOM and node.attrs["op_type"] in custom_quant_ops:
+            return Role.QUANTIZED
+        return QUANT_ROLE[node.op]
+
     grouped: dict[str, str] = {}  # node name -> its group's end node name
     for node in graph.nodes:
-        role = QUANT_ROLE[node.op]
+        role = role_of(node)
         if node.name in grouped:
             continue
         if role is Role.QUANTIZED and _is_float_tensor(node):
@@ -204,7 +212,7 @@ def make_plan(
 
     # float outputs get a point where they feed a quantized op
     for node in graph.nodes:
-        if QUANT_ROLE[node.op] is not Role.QUANTIZED or node.op in (Op.INPUT, Op.CONST):
+        if role_of(node) is not Role.QUANTIZED or node.op in (Op.INPUT, Op.CONST):
             continue
         for src in node.inputs:
             if src.name not in plan.tensor_point and _is_float_tensor(src) and QUANT_ROLE[src.op] is not Role.STRUCTURE:
@@ -216,6 +224,8 @@ def make_plan(
 def _float_reason(node: Node) -> str:
     if node.op is Op.ATEN:
         return f"{node.attrs['target']} has no quantized equivalent"
+    if node.op is Op.CUSTOM:
+        return f"custom op {node.attrs['op_type']} runs in float (list it in custom_quant_ops to quantize its output)"
     if not _is_float_tensor(node):
         return "its output is not a float tensor"
     return f"{node.op.value} is computed in float on the DPU's host"

@@ -1,0 +1,242 @@
+"""The machinery behind `torch_quantizer` (apis.py): capture, plan, generated module, points, files.
+
+`QuantSession.build` runs the steps in order (each a small method): capture and optimise the float model,
+plan the quantization points, generate and load `<Model>.py`, attach the points and bias correction, and
+in test mode load `quant_info.json`. The rest reads the calibrated table back out, applies fast-finetuned
+parameters and bias corrections to the graph that is exported, and remembers the last test input (for
+deploy-check data and exports that need one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .codegen import load_module, prepare_output_dir, write_module
+from .errors import NndctError
+from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_ft_params, read_quant_info
+from .ir.graph import Graph
+from .ir.trace import trace
+from .passes import equalization_pairs, equalize_, optimize
+from .quant.bias_corr import BiasCorrector, float_slice
+from .quant.config import QuantConfig
+from .quant.plan import QuantPlan, graph_md5, make_plan
+from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach, attach_bias_correction
+from .quant.table import QuantTable
+
+__all__ = ["LAST", "QuantSession"]
+
+log = logging.getLogger("pytorch_nndct")
+
+LAST: dict[str, Any] = {}  # the last quantizer created, for the seed's module-level dump_xmodel()
+
+
+class QuantSession:
+    """One quantized model: its graph, plan, generated module, points and the files in `output_dir`."""
+
+    config: QuantConfig
+    output_dir: Path
+    device: torch.device | None
+
+    def build(
+        self,
+        mode: Mode,
+        module: torch.nn.Module,
+        inputs: Any,
+        float_nodes: Mapping[str, str] | None = None,
+        custom_quant_ops: frozenset[str] = frozenset(),
+    ) -> None:
+        """All construction steps; `float_nodes` (node -> reason) stay float (hardware-aware quantization)."""
+        self.state = QuantState(mode)
+        self.example_inputs = inputs
+        self.graph = self._capture(module, inputs)
+        self.graph_md5 = graph_md5(self.graph)
+        self.float_nodes = dict(float_nodes(self.graph) if callable(float_nodes) else float_nodes or {})
+        module_types = {name: type(m) for name, m in module.named_modules()}
+        self.plan: QuantPlan = make_plan(
+            self.graph, config=self.config, module_types=module_types, custom_quant_ops=custom_quant_ops
+        )
+        self._keep_float(self.float_nodes)
+        self._model = load_module(write_module(self.graph, self.output_dir))
+        self.points = attach(self._model, self.graph, self.plan, self.state)
+        self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
+        if mode is Mode.CALIB and self.config.include_bias_corr and self.corrector.layers:
+            self._model.register_forward_pre_hook(self._reference_pass, with_kwargs=True)
+            self._model.register_forward_hook(self._end_pass)
+        if self.device is not None:
+            self._model.to(self.device)
+        self.table: QuantTable | None = None
+        if mode is Mode.TEST:
+            self.load_config()
+        self._last_inputs: tuple | None = None  # the last test-mode input (deploy_check data, exports)
+        self._model.register_forward_pre_hook(self._remember_inputs)
+        LAST["quantizer"] = weakref.ref(self)
+        log.info(
+            "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
+            "generated module in %s",
+            self.graph.name, mode.name.lower(), len(self.plan.params), len(self.plan.outputs),
+            len(self.plan.float_ops), self.output_dir,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ construction steps
+    def _capture(self, module: torch.nn.Module, inputs: Any) -> Graph:
+        graph = optimize(trace(module, inputs))
+        if self.config.include_cle:
+            pairs = len(equalization_pairs(graph))
+            if equalize_(graph):
+                log.info("pytorch_nndct: cross-layer equalization balanced %d conv pair(s)", pairs)
+        return graph
+
+    def _keep_float(self, float_nodes: Mapping[str, str]) -> None:
+        """Hardware-aware quantization: the nodes the target cannot run keep float parameters and outputs
+        (an output still gets a point where it feeds an op the target runs)."""
+        if not float_nodes:
+            return
+        plan = self.plan
+        plan.params = [p for p in plan.params if p.node not in float_nodes]
+        for name, reason in float_nodes.items():
+            plan.float_ops.setdefault(name, reason)
+        feeds_dpu = {src.name for node in self.graph.nodes if node.name not in float_nodes for src in node.inputs}
+        for name in [k for k in plan.outputs if k in float_nodes and k not in feeds_dpu]:
+            del plan.outputs[name]
+            plan.calibs.pop(name, None)
+            plan.tensor_point = {k: v for k, v in plan.tensor_point.items() if v != name}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def mode(self) -> Mode:
+        return self.state.mode
+
+    @property
+    def quant_model(self) -> torch.nn.Module:
+        """The generated module with quantization attached; use it in your own loop."""
+        return self._model
+
+    def forward_seen(self) -> bool:
+        return self._last_inputs is not None
+
+    def _remember_inputs(self, module: torch.nn.Module, args: tuple) -> None:
+        if self.state.mode is Mode.TEST:
+            self._last_inputs = args
+
+    def inputs_for_export(self) -> tuple:
+        """The last test-mode input (as a tuple), else the example inputs."""
+        if self._last_inputs is not None:
+            return tuple(self._last_inputs)
+        inputs = self.example_inputs
+        return inputs if isinstance(inputs, tuple) else (inputs,)
+
+    def require_forward(self, what: str) -> tuple:
+        if self._last_inputs is None:
+            raise NndctError(
+                f"{what} needs data from a forward pass: run quantizer.quant_model(x) in test mode once (the "
+                "sample it records is used), then export."
+            )
+        return tuple(self._last_inputs)
+
+    # ------------------------------------------------------------------ bias correction passes
+    def _reference_pass(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Calibration with bias correction: run the float model on a slice of the batch first."""
+        if self.state.mode is not Mode.CALIB or self.corrector.phase == "float":
+            return
+        f_args, f_kwargs = float_slice(args, kwargs)
+        self.corrector.phase, self.state.mode = "float", Mode.FLOAT
+        try:
+            with torch.no_grad():
+                module(*f_args, **f_kwargs)
+        finally:
+            self.corrector.phase, self.state.mode = "quant", Mode.CALIB
+
+    def _end_pass(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if self.corrector.phase == "quant":
+            self.corrector.phase = None
+
+    # ------------------------------------------------------------------ parameters as deployed
+    def export_graph(self) -> Graph:
+        """The optimized graph as it deploys: fast-finetuned parameters and bias corrections applied."""
+        values = {k: c.value for k, c in self.corrector.layers.items() if c.value is not None}
+        overrides = self._overrides()
+        if not values and not overrides:
+            return self.graph
+        params = dict(self.graph.params)
+        for key, value in overrides.items():
+            params[key] = value.to(params[key].device, params[key].dtype)
+        for key, value in values.items():
+            params[key] = params[key] + value.to(params[key].device, params[key].dtype)
+        return dataclasses.replace(self.graph, params=params)
+
+    def _overrides(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for p in self.plan.params:
+            value = self.points[p.key].overrides.get(p.role)
+            if value is not None:
+                out[p.key] = value
+        return out
+
+    def _set_overrides(self, values: dict[str, torch.Tensor]) -> None:
+        for p in self.plan.params:
+            if p.key in values:
+                self.points[p.key].overrides[p.role] = values[p.key].to(self.graph.params[p.key].device)
+
+    # ------------------------------------------------------------------ the table
+    def expected_table(self) -> QuantTable:
+        table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
+        for p in self.plan.params:
+            table.params[p.key] = p.spec
+        table.outputs.update(self.plan.outputs)
+        return table
+
+    def table_from_points(self) -> QuantTable:
+        table = self.expected_table()
+        missing_params = []
+        for p in self.plan.params:
+            pq: ParamQuant = self.points[p.key]
+            fp = pq.specs[p.role].fix_pos
+            if fp is None and not p.spec.float_scale:
+                missing_params.append(p.key)
+            table.params[p.key] = p.spec.with_fix_pos(fp)
+        seen = 0
+        for key, spec in self.plan.outputs.items():
+            point: ActPoint | None = self.points.get(key)
+            fp = point.observer.value if point is not None else None
+            seen += fp is not None
+            table.outputs[key] = spec.with_fix_pos(fp)
+        if (self.plan.outputs and seen == 0) or (missing_params and len(missing_params) == len(self.plan.params)):
+            raise NndctError(
+                "export_quant_config() was called before any calibration forward pass. Fix: run "
+                "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
+            )
+        unseen = [k for k, s in table.outputs.items() if s.fix_pos is None]
+        if unseen:
+            log.warning(
+                "pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5]
+            )
+        return table
+
+    def load_config(self) -> None:
+        """Test mode: read quant_info.json (and bias_corr.pth / param.pth) and set every point from it."""
+        loaded, doc = read_quant_info(self.output_dir, self.graph.name)
+        check_table(loaded, self.expected_table(), doc, str(self.output_dir / QUANT_INFO))
+        self.table = loaded
+        if loaded.fast_finetuned:
+            self._set_overrides(read_ft_params(self.output_dir, set(self.graph.params)))
+        if loaded.bias_corrected:
+            corrections = read_bias_corr(self.output_dir, set(self.corrector.layers))
+            for key, value in corrections.items():
+                self.corrector.layers[key].value = value.to(self.graph.params[key].device)
+        for p in self.plan.params:
+            pq: ParamQuant = self.points[p.key]
+            pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)
+        for key, point in self.points.items():
+            if isinstance(point, ActPoint):
+                point.fix_pos = loaded.outputs[key].fix_pos
+
+    def export_dir(self, output_dir: str | os.PathLike | None) -> Path:
+        return prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
