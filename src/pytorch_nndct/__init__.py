@@ -1,10 +1,13 @@
 """pytorch_nndct: a post-training quantizer for PyTorch, API-compatible with vai_q_pytorch.
 
-The foundation exposed here: `trace` a module into our graph IR, `optimize` it (fold batch-norm, drop
+The original's API is re-exported here as in its package (`from pytorch_nndct import torch_quantizer`).
+The foundation under it: `trace` a module into our graph IR, `optimize` it (fold batch-norm, drop
 dropout and identities, remove dead code), and `write_module` / `load_module` to regenerate it as
 readable PyTorch source.
 """
 
+from . import utils
+from .apis import dump_xmodel, load_vai_ops, torch_quantizer
 from .codegen import load_module, write_module
 from .errors import CaptureError, CodegenError, InputError, NndctError, OutputDirError
 from .ir import Graph, Op, dump, trace, verify
@@ -22,10 +25,14 @@ __all__ = [
     "OutputDirError",
     "__version__",
     "dump",
+    "dump_xmodel",
     "load_module",
+    "load_vai_ops",
     "optimize",
     "run_passes",
+    "torch_quantizer",
     "trace",
+    "utils",
     "verify",
     "write_module",
 ]
