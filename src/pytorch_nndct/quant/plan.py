@@ -8,12 +8,15 @@
 - A group whose only reader is a concat gets no point of its own: it uses the concat's.
 - Float ops (sigmoid, softmax, layer-norm, unknown ATen ops) are not quantized; their output gets a point
   where it feeds a quantized op.
+- Hardware-aware quantization (VAIQ35 1.3): `float_nodes` names nodes the target cannot run; they are planned
+  as float ops whatever their op (no parameter points, no group), with the reason given.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, Node, TensorMeta
@@ -128,23 +131,33 @@ def make_plan(
     config: QuantConfig | None = None,
     module_types: dict[str, type] | None = None,
     custom_quant_ops: frozenset[str] | set[str] = frozenset(),
+    float_nodes: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     """Plan the quantization points of an optimized graph.
 
     `config` (default: the original's defaults at the given bit widths) sets each tensor's format and
     calibration; its per-layer rules match node scopes, and module types through `module_types`
     (scope -> the float model's module class). Custom ops (register_custom_op) run in float; those whose
-    op_type is in `custom_quant_ops` get their output quantized.
+    op_type is in `custom_quant_ops` get their output quantized. `float_nodes` (node name -> why) are planned
+    as float ops: the ops a target cannot run (`pytorch_nndct.targets.cpu_ops`).
     """
     plan = QuantPlan()
     config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
     types = module_types or {}
+    forced = dict(float_nodes or {})
+
+    def role_of(node: Node) -> Role:
+        if node.name in forced and QUANT_ROLE[node.op] is not Role.STRUCTURE:
+            return Role.FLOAT
+        if node.op is Op.CUSTOM and node.attrs["op_type"] in custom_quant_ops:
+            return Role.QUANTIZED
+        return QUANT_ROLE[node.op]
 
     def setting(kind: TensorKind, node: Node):
         return config.tensor(kind, node.scope, types.get(node.scope))
 
     for node in graph.nodes:
-        if node.op in _PARAM_OPS:
+        if node.op in _PARAM_OPS and role_of(node) is not Role.FLOAT:
             for role, key in node.params.items():
                 kind = _PARAM_KINDS.get(role)
                 if kind is not None and graph.params[key].is_floating_point():
@@ -160,15 +173,10 @@ def make_plan(
         end = node
         while len(end.users) == 1 and not _is_output(graph, end):
             nxt = end.users[0]
-            if QUANT_ROLE[nxt.op] not in (Role.FUSIBLE, Role.LAYOUT) or nxt.inputs[0] is not end:
+            if role_of(nxt) not in (Role.FUSIBLE, Role.LAYOUT) or nxt.inputs[0] is not end:
                 break
             end = nxt
         return end
-
-    def role_of(node: Node) -> Role:
-        if node.op is Op.CUSTOM and node.attrs["op_type"] in custom_quant_ops:
-            return Role.QUANTIZED
-        return QUANT_ROLE[node.op]
 
     grouped: dict[str, str] = {}  # node name -> its group's end node name
     for node in graph.nodes:
@@ -195,10 +203,12 @@ def make_plan(
             add_point(node.name, TensorKind.ACTIVATION, node)  # an activation whose producer has other readers
             plan.tensor_point[node.name] = node.name
         elif role in (Role.FLOAT, Role.FUSIBLE) or (role is Role.QUANTIZED and not _is_float_tensor(node)):
-            plan.float_ops[node.name] = _float_reason(node)
+            plan.float_ops[node.name] = forced.get(node.name) or _float_reason(node)
 
     # a group whose only reader is a concat uses the concat's point
     for cat in graph.find(Op.CAT):
+        if role_of(cat) is Role.FLOAT:
+            continue
         for src in cat.inputs:
             end = src.name
             if end in plan.outputs and len(src.users) == 1 and end not in plan.input_points:
@@ -215,7 +225,7 @@ def make_plan(
         if role_of(node) is not Role.QUANTIZED or node.op in (Op.INPUT, Op.CONST):
             continue
         for src in node.inputs:
-            if src.name not in plan.tensor_point and _is_float_tensor(src) and QUANT_ROLE[src.op] is not Role.STRUCTURE:
+            if src.name not in plan.tensor_point and _is_float_tensor(src) and role_of(src) is not Role.STRUCTURE:
                 add_point(src.name, TensorKind.ACTIVATION, src)
                 plan.tensor_point[src.name] = src.name
     return plan

@@ -286,6 +286,8 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
     for k, node in enumerate(graph.nodes):
         dpu = DPU_FUNCTIONS.get(node.op)
         sub = getattr(model, f"module_{k}", None)
+        if node.name in plan.float_ops:  # computed on the host in float, not the DPU's way
+            continue
         if dpu is not None and sub is not None and hasattr(sub, "_fn"):
             sub._fn = _dpu_wrapper(state, sub._fn, dpu)
             if node.op.value == "leaky_relu" and node.attrs.get("negative_slope") != 26 / 256:
