@@ -56,3 +56,22 @@ def test_round_trip():
     g.op_node.add(op_name="a", op_type="data").op_attr["shape"].CopyFrom(make_attr("int32_vec", [1, 2, 2, 3]))
     parsed = s.Graph.FromString(g.SerializeToString())
     assert list(parsed.op_node[0].op_attr["shape"].int32_vec_value.value) == [1, 2, 2, 3]
+
+
+def test_subgraph_children_and_attributes_use_the_spec_numbers():
+    s = schema()
+    g = s.Graph(graph_name="M")
+    g.subg_root.subgraph_name = "root"
+    g.subg_root.op_name.extend(["a", "b"])
+    child = g.subg_root.subg_child.add(subgraph_name="subgraph_a")
+    child.op_name.append("a")
+    child.subg_attr["device"].CopyFrom(make_attr("string", "DPU"))
+    (root,) = [v for n, _, v in decode(g.SerializeToString()) if n == 10]
+    fields = decode(root)
+    assert [(n, v) for n, _, v in fields if n in (1, 3)] == [(1, b"root"), (3, b"a"), (3, b"b")]
+    (child_raw,) = [v for n, _, v in fields if n == 10]
+    child_fields = decode(child_raw)
+    assert child_fields[:2] == [(1, 2, b"subgraph_a"), (3, 2, b"a")]
+    (entry,) = [v for n, _, v in child_fields if n == 5]  # map entry: key = 1, value = 2 (AttrValue)
+    kv = {n: v for n, _, v in decode(entry)}
+    assert kv[1] == b"device" and decode(kv[2]) == [(11, 2, b"DPU")]  # string_value = 11

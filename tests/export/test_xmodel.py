@@ -11,11 +11,18 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from wire import read_graph
+from wire import read_graph, read_root
 
 from helpers import golden, prepare_model
 from pytorch_nndct.apis import dump_xmodel, torch_quantizer
 from pytorch_nndct.errors import NndctError, OutputDirError
+from pytorch_nndct.export.deploy import lower
+from pytorch_nndct.export.xmodel import serialize
+from pytorch_nndct.ir.trace import trace
+from pytorch_nndct.passes import optimize
+from pytorch_nndct.quant.plan import make_plan
+from pytorch_nndct.quant.table import QuantTable
+from pytorch_nndct.targets import assign_devices
 from quant_process import model_and_data
 from small_models import golden_models
 
@@ -290,3 +297,32 @@ def test_partition_report(tmp_path):
     assert "DPU" in lines["conv2d_1"] and "DPU" in lines["conv2d_5"] and "DPU" in lines["input_0"]
     assert "CPU" in lines["layer_norm_3"] and "CPU" in lines["sigmoid_4"]
     assert report.splitlines()[-1] == "4 of 6 ops on the DPU, 2 on the CPU"
+
+
+def test_device_subgraphs_follow_the_target_assignment():
+    """With devices, the root subgraph's children split the ops by device (SPEC 5: subg_child = 10, subg_attr = 5)
+    and form an acyclic graph; without, the root has no children."""
+    torch.manual_seed(0)
+    graph = optimize(trace(ShuffleSlice().eval(), (torch.randn(2, 3, 8, 8),)))
+    deploy = lower(graph, make_plan(graph), QuantTable(graph.name))
+    assignment = assign_devices(graph, "DPUCZDX8G_ISA1_B4096")
+    devices = {name: a.device for name, a in assignment.items()}
+    assert {"DPU", "CPU", "USER"} <= set(devices.values())  # chunk slices and the 5-D shuffle stay on the CPU
+    assert read_root(serialize(deploy)).children == []
+    root = read_root(serialize(deploy, devices))
+    assert root.name == "root" and root.ops == [op.name for op in deploy.ops]
+    owner = {}
+    for child in root.children:
+        assert child.name == f"subgraph_{child.ops[0]}" and child.attrs["device"] in ("DPU", "CPU", "USER")
+        for op in child.ops:
+            assert op not in owner
+            owner[op] = child
+    assert set(owner) == set(root.ops)  # the children split the root's ops
+    by_name = {op.name: op for op in deploy.ops}
+    for name, child in owner.items():
+        assert child.attrs["device"] == devices.get(by_name[name].node, "CPU")
+    conv_children = {owner[op.name].attrs["device"] for op in deploy.ops if op.type == "conv2d"}
+    assert conv_children == {"DPU"} and owner[deploy.ops[0].name].attrs["device"] == "USER"
+    edges = {(owner[i].name, owner[op.name].name) for op in deploy.ops for arg in op.args.values() for i in arg}
+    order = {child.name: k for k, child in enumerate(root.children)}
+    assert all(order[a] <= order[b] for a, b in edges)  # children listed in a topological order: no cycle

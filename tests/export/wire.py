@@ -111,3 +111,32 @@ def read_graph(buf: bytes) -> tuple[str, list[XNode], list[str]]:
         elif number == 10:
             root = [v.decode() for k, _, v in decode(value) if k == 3]
     return name, nodes, root
+
+
+@dataclass
+class XSubgraph:
+    name: str
+    ops: list = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)
+    children: list = field(default_factory=list)
+
+
+def _subgraph(buf: bytes) -> XSubgraph:
+    sub = XSubgraph("")
+    for number, _, value in decode(buf):
+        if number == 1:
+            sub.name = value.decode()
+        elif number == 3:
+            sub.ops.append(value.decode())
+        elif number == 5:
+            kv = {k: x for k, _, x in decode(value)}
+            sub.attrs[kv[1].decode()] = attr_value(kv[2])
+        elif number == 10:
+            sub.children.append(_subgraph(value))
+    return sub
+
+
+def read_root(buf: bytes) -> XSubgraph:
+    """The root subgraph (field 10 of Graph) with its children, their attributes and op names."""
+    ((value,),) = [(v,) for n, _, v in decode(buf) if n == 10]
+    return _subgraph(value)
