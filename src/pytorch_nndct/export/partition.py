@@ -2,7 +2,9 @@
 
 In the spirit of the original's Inspector, without its closed compiler: an op runs on the DPU when it has
 an XIR equivalent we lower, its inputs are fixed-point and it is quantized (not one of the float ops the
-plan leaves to the host).
+plan leaves to the host). Given a target (a name, a '0x' fingerprint or a `Target`), the target's rules decide
+instead (`pytorch_nndct.targets.assign_devices`): engines, kernel / stride / pad ranges, fused nonlinear types,
+channel and weight-buffer limits; network inputs are then the user's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..quant.plan import QuantPlan
+from ..targets import Target, assign_devices
 from .deploy import DeployGraph
 
 __all__ = ["PartitionRow", "format_partition", "partition"]
@@ -23,12 +26,16 @@ _STRUCTURE = frozenset({Op.SIZE, Op.SCALAR, Op.CONST})
 class PartitionRow:
     node: str
     op: str
-    device: str  # "DPU" or "CPU"
+    device: str  # "DPU" or "CPU" ("USER" for network inputs when a target decides)
     reason: str
     scope: str
 
 
-def partition(graph: Graph, plan: QuantPlan, deploy: DeployGraph) -> list[PartitionRow]:
+def partition(
+    graph: Graph, plan: QuantPlan, deploy: DeployGraph, target: Target | str | None = None
+) -> list[PartitionRow]:
+    if target is not None:
+        return _by_target(graph, target)
     custom_by_node = {op.node: deploy.custom[op.name] for op in deploy.ops if op.name in deploy.custom}
     rows = []
     for node in graph.nodes:
@@ -45,12 +52,30 @@ def partition(graph: Graph, plan: QuantPlan, deploy: DeployGraph) -> list[Partit
     return rows
 
 
+def _by_target(graph: Graph, target: Target | str) -> list[PartitionRow]:
+    rows = []
+    for name, a in assign_devices(graph, target).items():
+        node = graph.node(name)
+        if node.op in _STRUCTURE:
+            continue
+        if a.device == "USER":
+            reason = "network input"
+        elif a.device == "DPU":
+            reason = a.engine if a.engine.startswith("fused") else f"{a.engine}-engine" if a.engine else "moves data"
+        else:
+            reason = a.reason
+        rows.append(PartitionRow(name, node.op.value, str(a.device), reason, node.scope))
+    return rows
+
+
 def format_partition(rows: list[PartitionRow]) -> str:
     """A text table plus a summary line."""
     dpu = sum(r.device == "DPU" for r in rows)
+    user = sum(r.device == "USER" for r in rows)
     width = max([len(r.node) for r in rows] + [4])
     lines = [f"{'node':<{width}}  {'op':<20} device  reason"]
     lines += [f"{r.node:<{width}}  {r.op:<20} {r.device:<6}  {r.reason}" + (f"  [{r.scope}]" if r.scope else "")
               for r in rows]  # fmt: skip
-    lines.append(f"{dpu} of {len(rows)} ops on the DPU, {len(rows) - dpu} on the CPU")
+    summary = f"{dpu} of {len(rows)} ops on the DPU, {len(rows) - dpu - user} on the CPU"
+    lines.append(summary + (f", {user} from the user (network inputs)" if user else ""))
     return "\n".join(lines) + "\n"
