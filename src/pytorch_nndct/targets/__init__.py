@@ -7,11 +7,14 @@
 """
 
 from .assign import Assignment, Device, assign_devices, cpu_ops
+from .inspector import Inspection, Inspector
 from .table import Target, UnknownTargetError, all_targets, decode_dpuczdx8g_isa1, get_target, list_targets
 
 __all__ = [
     "Assignment",
     "Device",
+    "Inspection",
+    "Inspector",
     "Target",
     "UnknownTargetError",
     "all_targets",

@@ -86,10 +86,11 @@ def _conv_engine(ctx: Context, node: Node, g: _Conv, transposed: bool = False) -
     )
 
 
-def _dw(ctx: Context, g: _Conv, transposed: bool = False) -> Verdict:
+def _dw(ctx: Context, g: _Conv, transposed: bool = False, what: str = "") -> Verdict:
     engine = checks.dw_engine(ctx.target)
     if isinstance(engine, str):
-        return no(engine)
+        kind = "transposed convolution" if transposed else "convolution"
+        return no(f"{engine} {what or f'This is a depthwise {kind} (groups = channels = {g.cin}).'}")
     kw_d, kh_d = g.dilated
     if transposed:
         geometry = first(checks.transposed_kernel(g.kw, g.sw, engine.kernel),
@@ -160,7 +161,8 @@ def _channel_scale(ctx: Context, node: Node) -> Verdict:
         return no(f"channel_scale can't be converted to XIR: a per-channel scale on a {len(shape)}-D tensor.")
     c = shape[1]
     ih, iw = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-    return _dw(ctx, _Conv(c, c, c, 1, 1, 1, 1, 1, 1, [0, 0, 0, 0], ih, iw))
+    what = "This is a per-channel scale (a batch-norm that was not folded), a 1x1 depthwise convolution."
+    return _dw(ctx, _Conv(c, c, c, 1, 1, 1, 1, 1, 1, [0, 0, 0, 0], ih, iw), what=what)
 
 
 # ---------------------------------------------------------------------------------------------- pooling
