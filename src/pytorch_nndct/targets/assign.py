@@ -24,7 +24,7 @@ from ..ir.ops import Op
 from .rules import RULES, Context, Verdict, meta_of, op_label, shape_of
 from .table import Target, get_target
 
-__all__ = ["Assignment", "Device", "assign_devices", "cpu_ops"]
+__all__ = ["NO_RULE", "Assignment", "Device", "assign_devices", "cpu_ops"]
 
 
 class Device(enum.StrEnum):
@@ -45,6 +45,12 @@ class Assignment:
 
 
 _SKIPPED = frozenset({Op.SIZE, Op.SCALAR})
+NO_RULE = {  # ops decided here rather than by a rule
+    Op.INPUT: "the network inputs are the user's (USER)",
+    Op.CONST: "a constant follows its readers (post-processing)",
+    Op.SIZE: "shape arithmetic is not part of the deployed graph",
+    Op.SCALAR: "shape arithmetic is not part of the deployed graph",
+}
 _RESHAPES = frozenset({Op.FLATTEN, Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE, Op.CONTIGUOUS})
 _FLOAT_TYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
 

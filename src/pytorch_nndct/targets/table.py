@@ -377,7 +377,8 @@ def get_target(name_or_fingerprint: str) -> Target:
         )
     if key in by_name:
         return by_name[key]
-    near = difflib.get_close_matches(key, list(by_name), n=3, cutoff=0.5)
+    lower = {n.lower(): n for n in by_name}  # names are case-sensitive, as the original's; suggest any case
+    near = [lower[n] for n in difflib.get_close_matches(key.lower(), list(lower), n=3, cutoff=0.5)]
     hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     raise UnknownTargetError(
         f"{name_or_fingerprint!r} is not a DPU target name.{hint} pytorch_nndct.targets.list_targets() lists all "
