@@ -68,7 +68,7 @@ def _fusion(ctx: Context, node: Node, kind: str) -> str | None:
     src = node.inputs[0]
     if not ctx.dpu(src):
         return f"{op_label(node)} can't be fused into its producer {src.name}, which is not on DPU."
-    if len(src.users) != 1 or src.name in ctx.outputs:
+    if len([u for u in src.users if u.op not in (Op.SIZE, Op.SCALAR)]) != 1 or src.name in ctx.outputs:
         return f"{op_label(node)} can't be fused into its producer {src.name}, which has other readers."
     engine = ctx.engines.get(src.name, "")
     listed = engine_nonlinear(ctx.target, engine)
