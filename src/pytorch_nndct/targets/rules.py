@@ -17,7 +17,10 @@ How this differs from the original (Vitis AI 3.5): its Inspector compiles each m
   change speed or tiling, which the compiler handles); dilation has no limit in the target files;
 - tensors of more than 4 dimensions, permutes and strided slices stay on the CPU (the original's rule-based
   inspector; DPUCVDX8G's 3-D convolutions are not lowered by our exporter);
-- an op our exporter writes as a custom op has "<op> can't be converted to XIR." among its reasons.
+- an op our exporter writes as a custom op has "<op> can't be converted to XIR." among its reasons;
+- eltwise inputs are not checked for broadcasting (as in the original's rule-based inspector); a matmul of two
+  activations stays on the CPU; bilinear resize runs only at x2 / x4 (half-pixel centres, as a transposed
+  depthwise conv) and nearest resize only at integer scales.
 Shapes and dimensions in the reasons are PyTorch's (NCHW); kernels, strides and pads follow XIR ([w, h]).
 """
 
