@@ -17,6 +17,7 @@ from pytorch_nndct.passes import optimize
 from pytorch_nndct.targets import assign_devices, cpu_ops
 from pytorch_nndct.targets.assign import NO_RULE
 from pytorch_nndct.targets.rules import RULES
+from pytorch_nndct.utils import register_custom_op
 from target_models import limit_models
 
 B4096, AHX8H, C32B3, C20B14 = "DPUCZDX8G_ISA1_B4096", "DPUCAHX8H_ISA2", "DPUCVDX8G_ISA3_C32B3", "DPUCV2DX8G_ISA1_C20B14"
@@ -225,3 +226,24 @@ def test_layout_resize_and_constant_rules(case):
     graph = optimize(trace(make().eval(), (torch.randn(1, 3, 4, 4),)))
     for target, devices in expected.items():
         assert _devices(graph, target) == devices, (case, target)
+
+
+@register_custom_op("TargetsTestScale", attrs_list=["alpha"])
+def _targets_test_scale(ctx, x, alpha):
+    return x * alpha
+
+
+class _WithCustom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _targets_test_scale(self.conv(x), 0.5)
+
+
+def test_a_custom_op_runs_on_the_cpu():
+    graph = optimize(trace(_WithCustom().eval(), (torch.randn(1, 3, 4, 4),)))
+    (custom,) = graph.find(Op.CUSTOM)
+    why = "TargetsTestScale can't be assigned to DPU: a custom op runs on the CPU with your implementation."
+    assert _devices(graph, B4096) == {"conv2d_1": CONV, custom.name: ("CPU", (why,))}

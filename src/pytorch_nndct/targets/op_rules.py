@@ -211,3 +211,9 @@ def _host(ctx: Context, node: Node) -> Verdict:
         return no(f"{op_label(node)} can't be assigned to DPU: it is not a nonlinear type of {ctx.target.name} "
                   f"({', '.join(listed)}).")  # fmt: skip
     return no(f"{op_label(node)} can't be assigned to DPU.")
+
+
+@rule(Op.CUSTOM)
+def _custom(ctx: Context, node: Node) -> Verdict:
+    """A register_custom_op op runs on the CPU with the user's implementation (VAIQ35 6)."""
+    return no(f"{op_label(node)} can't be assigned to DPU: a custom op runs on the CPU with your implementation.")

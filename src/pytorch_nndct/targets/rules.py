@@ -106,6 +106,8 @@ def meta_of(node: Node) -> TensorMeta | None:
 
 def op_label(node: Node) -> str:
     """The op's name in reports: our op name, or the ATen operator for ops we do not model."""
+    if node.op is Op.CUSTOM:
+        return str(node.attrs["op_type"])
     return str(node.attrs.get("target", "aten")) if node.op is Op.ATEN else node.op.value
 
 
