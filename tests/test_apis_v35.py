@@ -193,3 +193,47 @@ def test_export_options_and_defaults(tmp_path, caplog):
     assert "only quantization-aware training has a deployable model" in caplog.text
     assert "deprecated" in caplog.text and (tmp_path / "ts" / "DigitsNet_int.pt").exists()
     load_vai_ops()  # nothing to register: our ONNX is standard Q/DQ
+
+
+class LeakyBetween(nn.Module):
+    def __init__(self, slope: float):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+def test_target_keeps_what_the_dpu_cannot_run_in_float(tmp_path, caplog):
+    from wire import read_graph, read_root
+
+    torch.manual_seed(0)
+    model, data = LeakyBetween(0.2).eval(), torch.randn(8, 3, 8, 8)
+    _calibrate(model, data, tmp_path, target="DPUCZDX8G_ISA1_B4096")
+    test = torch_quantizer("test", model, (data[:2],), output_dir=tmp_path, target="0x0101000056010407")
+    (leaky,) = [n for n in test.graph.nodes if n.op.value == "leaky_relu"]
+    assert "Its alpa is 0.2, but DPU only support 0.1015625." in test.plan.float_ops[leaky.name]
+    conv_a = test.graph.nodes[1]
+    assert conv_a.name in test.plan.outputs  # the conv's output is quantized where the float op reads it
+    with torch.no_grad():
+        a = test.quant_model.module_1(data)  # the conv with its point; the float LeakyReLU keeps slope 0.2
+        neg = a < -0.5
+        slope = (test.quant_model.module_2(a, negative_slope=0.2)[neg] / a[neg]).mean()  # quantized for conv b
+    assert abs(float(slope) - 0.2) < 0.02
+    report = test.partition_report()
+    assert "CPU" in report and "alpa" in report
+    buf = test.export_xmodel().read_bytes()
+    devices = {c.attrs["device"] for c in read_root(buf).children}
+    assert devices == {"USER", "DPU", "CPU"}
+    assert any(op.type == "leaky-relu" for op in read_graph(buf)[1])
+    plain = torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path / "p")
+    assert leaky.name not in plain.plan.float_ops  # without a target everything is quantized (slope 26/256)
+    with caplog.at_level(logging.WARNING, logger="pytorch_nndct"):
+        cfg = tmp_path / "cfg.json"
+        cfg.write_text('{"target_device": "DPU"}')
+        q = torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path / "c", quant_config_file=cfg,
+                            target="DPUCZDX8G_ISA1_B4096")  # fmt: skip
+    assert q.target is None and "turned off by quant_config_file" in caplog.text
+    with pytest.raises(InputError, match=r"DPUCZDX8G_ISA1_B4096"):
+        torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path, target="DPUCZDX8G_ISA1_B4069")

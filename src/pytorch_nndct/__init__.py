@@ -7,7 +7,7 @@ readable PyTorch source.
 """
 
 from . import utils
-from .apis import dump_xmodel, load_vai_ops, torch_quantizer
+from .apis import Inspector, dump_xmodel, load_vai_ops, torch_quantizer
 from .codegen import load_module, write_module
 from .errors import CaptureError, CodegenError, InputError, NndctError, OutputDirError
 from .ir import Graph, Op, dump, trace, verify
@@ -20,6 +20,7 @@ __all__ = [
     "CodegenError",
     "Graph",
     "InputError",
+    "Inspector",
     "NndctError",
     "Op",
     "OutputDirError",

@@ -42,8 +42,9 @@ from .quant.primitives import calibrate
 from .quant.rules import apply_constraints
 from .quant.runtime import Mode
 from .quantizer import LAST, QuantSession
+from .targets import Inspector, assign_devices, cpu_ops, get_target
 
-__all__ = ["dump_xmodel", "load_vai_ops", "torch_quantizer"]
+__all__ = ["Inspector", "dump_xmodel", "load_vai_ops", "torch_quantizer"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -221,15 +222,11 @@ class torch_quantizer(QuantSession):
                 target,
             )
             return None
-        from .targets import get_target
-
         return get_target(target)
 
     def _float_nodes(self) -> Callable | None:
         if self.target is None:
             return None
-        from .targets import cpu_ops
-
         target = self.target
         return lambda graph: cpu_ops(graph, target)
 
@@ -338,9 +335,10 @@ class torch_quantizer(QuantSession):
                 "Fix: export with export_onnx_model(), or calibrate with target_device DPU."
             )
         check_inputs = self.require_forward("export_xmodel(deploy_check=True)") if deploy_check else None
-        deploy = lower(self.export_graph(), self.plan, self.table, batch_size)
+        graph = self.export_graph()
+        deploy = lower(graph, self.plan, self.table, batch_size)
         out = self.export_dir(output_dir)
-        path = write_xmodel(deploy, out)
+        path = write_xmodel(deploy, out, self._devices(graph))
         if check_inputs is not None:
             folder = write_deploy_check(deploy, self._deploy_check_inputs(deploy, check_inputs), out)
             log.info("pytorch_nndct: wrote deploy_check data to %s", folder)
@@ -438,7 +436,13 @@ class torch_quantizer(QuantSession):
         table = self.table if self.table is not None else self.expected_table()
         graph = self.export_graph()
         deploy = lower(graph, self.plan, table, batch_size)
-        return format_partition(partition(graph, self.plan, deploy))
+        return format_partition(partition(graph, self.plan, deploy, target=self.target))
+
+    def _devices(self, graph: Any) -> dict[str, str] | None:
+        """With a target: each node's device, for the .xmodel's subgraphs."""
+        if self.target is None:
+            return None
+        return {name: a.device.value for name, a in assign_devices(graph, self.target).items()}
 
     # ------------------------------------------------------------------ internals
     def _require_mode(self, mode: Mode, what: str, fix: str) -> None:

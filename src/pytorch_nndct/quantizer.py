@@ -61,9 +61,12 @@ class QuantSession:
         self.float_nodes = dict(float_nodes(self.graph) if callable(float_nodes) else float_nodes or {})
         module_types = {name: type(m) for name, m in module.named_modules()}
         self.plan: QuantPlan = make_plan(
-            self.graph, config=self.config, module_types=module_types, custom_quant_ops=custom_quant_ops
+            self.graph,
+            config=self.config,
+            module_types=module_types,
+            custom_quant_ops=custom_quant_ops,
+            float_nodes=self.float_nodes,
         )
-        self._keep_float(self.float_nodes)
         self._model = load_module(write_module(self.graph, self.output_dir))
         self.points = attach(self._model, self.graph, self.plan, self.state)
         self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
@@ -93,21 +96,6 @@ class QuantSession:
             if equalize_(graph):
                 log.info("pytorch_nndct: cross-layer equalization balanced %d conv pair(s)", pairs)
         return graph
-
-    def _keep_float(self, float_nodes: Mapping[str, str]) -> None:
-        """Hardware-aware quantization: the nodes the target cannot run keep float parameters and outputs
-        (an output still gets a point where it feeds an op the target runs)."""
-        if not float_nodes:
-            return
-        plan = self.plan
-        plan.params = [p for p in plan.params if p.node not in float_nodes]
-        for name, reason in float_nodes.items():
-            plan.float_ops.setdefault(name, reason)
-        feeds_dpu = {src.name for node in self.graph.nodes if node.name not in float_nodes for src in node.inputs}
-        for name in [k for k in plan.outputs if k in float_nodes and k not in feeds_dpu]:
-            del plan.outputs[name]
-            plan.calibs.pop(name, None)
-            plan.tensor_point = {k: v for k, v in plan.tensor_point.items() if v != name}
 
     # ------------------------------------------------------------------ state
     @property

@@ -142,3 +142,14 @@ def test_forward_frees_each_activation_after_its_last_use(tmp_path):
     # at the last conv: the network input (the caller holds it), the skip value and the conv's own input
     # are alive, not the nine values between them
     assert len(outputs) == 13 and alive_at_last_conv == [3], (len(outputs), alive_at_last_conv)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        codegen.write_atomic({tmp_path / "a.txt": b"x"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # readable by others, as open() gives

@@ -40,6 +40,12 @@ def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(files: dict[Path, bytes]) -> None:
     """Write several files so that either all of them are replaced or none is.
 
@@ -55,6 +61,7 @@ def write_atomic(files: dict[Path, bytes]) -> None:
             temps[path] = tmp
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600)
         for path in files:
             if path.exists():
                 backups[path] = tempfile.mktemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bak")
