@@ -237,3 +237,14 @@ def test_target_keeps_what_the_dpu_cannot_run_in_float(tmp_path, caplog):
     assert q.target is None and "turned off by quant_config_file" in caplog.text
     with pytest.raises(InputError, match=r"DPUCZDX8G_ISA1_B4096"):
         torch_quantizer("calib", model, (data[:2],), output_dir=tmp_path, target="DPUCZDX8G_ISA1_B4069")
+
+
+def test_torch_script_of_global_pooling_and_other_batches(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    data = torch.randn(8, 3, 12, 12)
+    _calibrate(model, data, tmp_path)
+    test = torch_quantizer("test", model, (data[:2],), output_dir=tmp_path)
+    scripted = test.export_torch_script()  # traced on the example inputs: no forward needed
+    with torch.no_grad():
+        assert torch.equal(scripted(data[:3]), test.quant_model(data[:3]))

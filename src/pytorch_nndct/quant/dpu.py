@@ -48,7 +48,7 @@ def _avg_pool2d(
 
 def _adaptive_avg_pool2d(input: torch.Tensor, output_size: Any) -> torch.Tensor:
     oh, ow = _as_pair(output_size)
-    h, w = input.shape[-2:]
+    h, w = (int(d) for d in input.shape[-2:])  # plain ints (a TorchScript trace records the size it saw)
     if oh is None or ow is None or h % oh or w % ow:
         return F.adaptive_avg_pool2d(input, output_size)
     if (oh, ow) == (1, 1):  # global pooling: a plain sum, exact on the fix-point grid like avg_pool2d's
