@@ -98,8 +98,8 @@ class OnnxBuilder:
         zero = 128 if signed else spec.zero_point
         if spec.bitwidth > 8:
             return self._emulated(src, spec, step, name)
-        scale = self.scale(spec.fix_pos) if spec.scale is None else self.init(f"{name}_scale", np.float32(step))
         zp = self.init(f"zero_uint8_{zero}", np.array(zero, dtype=np.uint8))
+        scale = self.scale(spec.fix_pos) if spec.scale is None else self.init(f"{name}_scale", np.float32(step))
         q = self.add("QuantizeLinear", [src, scale, zp], f"{name}_q")
         lo, hi = (spec.qmin + 128, spec.qmax + 128) if signed else (spec.qmin, spec.qmax)
         if (lo, hi) != (0, 255):
@@ -184,6 +184,9 @@ class OnnxBuilder:
                 scale, zp = scale.reshape(-1), zp.reshape(-1)
             return self._dq_init(key, q, scale.numpy().astype(np.float32), zp.numpy(), spec)
         q = quantize(t, spec)
+        if spec.bitwidth <= 8 and spec.signed and spec.symmetric:  # the DPU's int8 weights
+            data = self.init(f"{key}_int8", q.numpy().astype(np.int8))
+            return self.add("DequantizeLinear", [data, self.scale(spec.fix_pos), self.zero(np.int8)], f"{key}_dq")
         return self._dq_init(key, q, np.array(math.ldexp(1.0, -spec.fix_pos), dtype=np.float32), np.array(0), spec)
 
     def _dq_init(self, key: str, q, scale: np.ndarray, zp: np.ndarray, spec: QuantSpec) -> str:
