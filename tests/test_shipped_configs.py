@@ -13,6 +13,7 @@ import torch
 import torchvision
 from onnx_check import compare
 
+from helpers import prepare_model
 from pytorch_nndct.apis import torch_quantizer
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -23,8 +24,8 @@ QUANTIZED_FOR_ONNX = {"int_config", "gpu_quant_config"}  # CPU/GPU, every point 
 
 def _run(name: str, arch: str, out: Path):
     config = CONFIGS / f"{name}.json"
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    torch.manual_seed(0)  # random weights, batch-norm statistics from random data (each BN normalises)
+    model = prepare_model(getattr(torchvision.models, arch)(num_classes=10), (3, 32, 32), bn_stats="exact")
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
     calib = torch_quantizer("calib", model, (batches[0],), output_dir=out, quant_config_file=config)
