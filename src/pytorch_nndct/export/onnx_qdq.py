@@ -203,9 +203,11 @@ def build_onnx(
     """The QDQ ONNX model of a calibrated graph (batch dimension dynamic where it was captured so).
 
     With `quantized=False` the same graph is written in float (no Q/DQ): a baseline for benchmarks. `opset`:
-    the ONNX opset (default OPSET; the config's `onnx_opset_version`), from MIN_OPSET to what the installed
-    onnx package knows.
+    the ONNX opset, from MIN_OPSET to what the installed onnx package knows; by default the config's
+    `onnx_opset_version` (plan.onnx_opset_version), else OPSET.
     """
+    if opset is None:
+        opset = plan.onnx_opset_version or OPSET
     if not quantized:
         plan, table = QuantPlan(), QuantTable(graph.name)
     try:
@@ -213,7 +215,6 @@ def build_onnx(
         from onnx import TensorProto, helper
     except ImportError as exc:
         raise NndctError("ONNX export needs the onnx package: pip install onnx") from exc
-    opset = OPSET if opset is None else opset
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise NndctError(

@@ -125,6 +125,7 @@ class QuantPlan:
     change_concat_input_fix: bool = False  # export: concat inputs take the concat's fix position
     change_pool_input_fix: bool = False  # export: pooling inputs take the pooling output's fix position
     only_int: bool = True  # every point is an integer grid (fix positions are adjusted at export)
+    onnx_opset_version: int | None = None  # the config's: the ONNX export's default opset
 
 
 def _is_float_tensor(node: Node) -> bool:
@@ -163,7 +164,8 @@ def make_plan(
         return QUANT_ROLE[node.op]
 
     plan = QuantPlan(change_concat_input_fix=config.change_concat_input_fix,
-                     change_pool_input_fix=config.change_pool_input_fix, only_int=config.only_int)  # fmt: skip
+                     change_pool_input_fix=config.change_pool_input_fix, only_int=config.only_int,
+                     onnx_opset_version=config.onnx_opset_version)  # fmt: skip
     refs = layer_refs(graph, module_types or {})
 
     def setting(kind: TensorKind, nodes: list[Node]):
