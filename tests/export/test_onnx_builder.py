@@ -3,6 +3,7 @@ float data types, per-channel power-of-two weights): onnxruntime agrees with the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -80,6 +81,8 @@ def test_opset_version_from_the_config_and_limits(tmp_path):
     quantizer = _quantize(model, example, batches, tmp_path, quant_config_file=config)
     assert onnx.load(str(quantizer.export_onnx_model())).opset_import[0].version == 13
     graph, plan, table = quantizer.export_graph(), quantizer.plan, quantizer.table
+    assert plan.onnx_opset_version == 13 and build_onnx(graph, plan, table).opset_import[0].version == 13
+    plan = dataclasses.replace(plan, onnx_opset_version=None)
     assert build_onnx(graph, plan, table).opset_import[0].version == 17  # the default
     assert build_onnx(graph, plan, table, opset=21).ir_version >= 10
     for bad in (12, onnx.defs.onnx_opset_version() + 1):
