@@ -51,9 +51,9 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
         len(layers), samples[0], size / 2**20, where or "-", 2 + 3 * len(layers),
     )  # fmt: skip
     points = [p for p in quantizer.points.values() if isinstance(p, ActPoint)]
-    saved = {id(p): p.fix_pos for p in points}
+    saved = {id(p): (p.fix_pos, p.scale) for p in points}
     for p in points:
-        p.fix_pos = p.observer.value
+        p.use_observed()
     state.mode = Mode.TEST
     kept: dict[str, torch.Tensor] = {}
     try:
@@ -99,7 +99,7 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
     finally:
         state.mode = Mode.CALIB
         for p in points:
-            p.fix_pos = saved[id(p)]
+            p.fix_pos, p.scale = saved[id(p)]
     for layer in quantizer.corrector.layers.values():  # re-estimated for the new weights by the calibration to come
         layer.value, layer.batches = None, 0
     n_kept = sum(layer.weight_key in kept for layer in layers)

@@ -26,9 +26,10 @@ from .ir.graph import Graph
 from .ir.trace import trace
 from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
+from .quant.calibrated import load_table, table_from_points
 from .quant.config import QuantConfig
 from .quant.plan import QuantPlan, graph_md5, make_plan
-from .quant.runtime import ActPoint, Mode, ParamQuant, QuantState, attach, attach_bias_correction
+from .quant.runtime import Mode, QuantState, attach, attach_bias_correction
 from .quant.table import QuantTable
 
 __all__ = ["LAST", "QuantSession"]
@@ -182,31 +183,7 @@ class QuantSession:
         return table
 
     def table_from_points(self) -> QuantTable:
-        table = self.expected_table()
-        missing_params = []
-        for p in self.plan.params:
-            pq: ParamQuant = self.points[p.key]
-            fp = pq.specs[p.role].fix_pos
-            if fp is None and not p.spec.float_scale:
-                missing_params.append(p.key)
-            table.params[p.key] = p.spec.with_fix_pos(fp)
-        seen = 0
-        for key, spec in self.plan.outputs.items():
-            point: ActPoint | None = self.points.get(key)
-            fp = point.observer.value if point is not None else None
-            seen += fp is not None
-            table.outputs[key] = spec.with_fix_pos(fp)
-        if (self.plan.outputs and seen == 0) or (missing_params and len(missing_params) == len(self.plan.params)):
-            raise NndctError(
-                "export_quant_config() was called before any calibration forward pass. Fix: run "
-                "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
-            )
-        unseen = [k for k, s in table.outputs.items() if s.fix_pos is None]
-        if unseen:
-            log.warning(
-                "pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5]
-            )
-        return table
+        return table_from_points(self.expected_table(), self.plan, self.points)
 
     def load_config(self) -> None:
         """Test mode: read quant_info.json (and bias_corr.pth / param.pth) and set every point from it."""
@@ -219,12 +196,7 @@ class QuantSession:
             corrections = read_bias_corr(self.output_dir, set(self.corrector.layers))
             for key, value in corrections.items():
                 self.corrector.layers[key].value = value.to(self.graph.params[key].device)
-        for p in self.plan.params:
-            pq: ParamQuant = self.points[p.key]
-            pq.specs[p.role] = p.spec.with_fix_pos(loaded.params[p.key].fix_pos)
-        for key, point in self.points.items():
-            if isinstance(point, ActPoint):
-                point.fix_pos = loaded.outputs[key].fix_pos
+        load_table(self.plan, self.points, loaded)
 
     def export_dir(self, output_dir: str | os.PathLike | None) -> Path:
         return prepare_output_dir(output_dir if output_dir is not None else self.output_dir)

@@ -64,7 +64,7 @@ def test_onnxruntime_matches_simulation(case, tmp_path):
 def test_onnxruntime_with_float_per_channel_weights(case, tmp_path):
     config = tmp_path / "per_channel.json"
     doc = json.loads(json.dumps(ONNX_CONFIG))
-    doc["tensor_quantize_config"]["weights"] = {"scale_type": "float", "per_channel": True}
+    doc["tensor_quantize_config"]["weights"] = {"scale_type": "float", "per_channel": True, "method": "maxmin"}
     config.write_text(json.dumps(doc))
     model, example, batches = CASES[case]()
     quantizer = _quantize(model, example, batches, tmp_path, quant_config_file=config)

@@ -504,6 +504,15 @@ def lower(graph: Graph, plan: QuantPlan, table: QuantTable, batch: int | None = 
         batch = fixed or 1
     if batch < 1:
         raise NndctError(f"batch size must be at least 1, got {batch}")
+    rounded = [
+        k for k, s in (*table.params.items(), *table.outputs.items()) if not s.is_int and s.dtype.value != "float32"
+    ]
+    if rounded:
+        raise NndctError(
+            f"the .xmodel holds integer (fix) and float32 tensors, but the quant config rounds {len(rounded)} "
+            f"tensor(s) to a 16-bit float type (e.g. {rounded[0]}). Fix: export ONNX (export_onnx_model), or use "
+            "datatype int or float32 for a DPU model."
+        )
     if fixed is not None and batch != fixed:
         raise NndctError(
             f"{graph.name} was captured with its batch size fixed at {fixed}, so it cannot be exported at batch "

@@ -1,9 +1,10 @@
 """ONNX export in QDQ form (SPEC 6).
 
-Every quantization point is QuantizeLinear -> DequantizeLinear with scale 2^-fp; activations are written
-as uint8 with zero point 128 (the same grid as int8 with zero point 0). Weights are int8 initializers
-followed by DequantizeLinear; a bias is an int32 initializer at the scale input x weight (its 8-bit value
-shifted, exact), so onnxruntime can fuse conv / matmul into integer kernels.
+Every quantization point is QuantizeLinear -> DequantizeLinear with scale 2^-fp (or its float step);
+activations are written as uint8 with zero point 128 (the same grid as int8 with zero point 0). Weights are
+int8 initializers followed by DequantizeLinear; a bias is an int32 initializer at the scale input x weight
+(its 8-bit value shifted, exact), so onnxruntime can fuse conv / matmul into integer kernels. How each kind
+of point is written (float steps, zero points, wider grids, float data types): `onnx_builder`.
 
 ONNX rounds ties to even where the DPU rounds half up, so outputs can differ from our simulation by one
 LSB at exact ties. Ops with no ONNX lowering here are refused with the node's name.
@@ -22,164 +23,17 @@ from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
 from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
-from ..quant.primitives import avgpool_factor, fake_quantize, float_scales, int32_bias, quantize
+from ..quant.primitives import avgpool_factor
 from ..quant.table import QuantTable
+from .onnx_builder import OnnxBuilder
 
-__all__ = ["ONNX_LOWERINGS", "build_onnx"]
+__all__ = ["MIN_OPSET", "ONNX_LOWERINGS", "OPSET", "build_onnx"]
 
-OPSET = 17
+OPSET = 17  # the default opset
+MIN_OPSET = 13  # per-axis DequantizeLinear, Split with sizes as an input, bfloat16 Cast
 
 
-class _Builder:
-    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable) -> None:
-        import onnx
-        from onnx import helper
-
-        self.onnx, self.helper = onnx, helper
-        self.graph, self.plan, self.table = graph, plan, table
-        self.nodes: list = []
-        self.inits: list = []
-        self.init_names: set[str] = set()
-        self.value: dict[str, str] = {}
-        self.param_specs = {p.key: p.spec for p in plan.params}
-        self.done_params: dict[str, str] = {}
-        self.pieces: dict[str, list[str]] = {}  # chunk / split node -> its output names
-        self.dq_source: dict[str, tuple[str, int]] = {}  # DequantizeLinear output -> (its uint8 input, fp)
-
-    # ------------------------------------------------------------------ helpers
-    def init(self, name: str, array: np.ndarray) -> str:
-        """An initializer; a name already taken is returned as it is (shared scales, zero points)."""
-        if name not in self.init_names:
-            self.init_names.add(name)
-            self.inits.append(self.onnx.numpy_helper.from_array(array, name))
-        return name
-
-    def add(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
-        self.nodes.append(self.helper.make_node(op_type, inputs, [name], name=name, **attrs))
-        return name
-
-    def scale(self, fp: int) -> str:
-        return self.init(f"scale_2^-{fp}", np.array(math.ldexp(1.0, -fp), dtype=np.float32))
-
-    def zero(self, dtype: type) -> str:
-        return self.init(f"zero_{np.dtype(dtype).name}", np.array(0, dtype=dtype))
-
-    def qdq(self, src: str, bw: int, fp: int, name: str) -> str:
-        """Activations: the signed 8-bit grid [-128, 127] * 2^-fp written as uint8 with zero point 128 (the
-        same values), the form onnxruntime fuses into integer kernels on x86."""
-        if bw > 8:
-            raise NndctError(f"{name}: ONNX export supports bit widths up to 8, got {bw}")
-        zp = self.init("zero_uint8_128", np.array(128, dtype=np.uint8))
-        q = self.add("QuantizeLinear", [src, self.scale(fp), zp], f"{name}_q")
-        return self.dq(q, fp, f"{name}_dq")
-
-    def dq(self, q: str, fp: int, name: str) -> str:
-        zp = self.init("zero_uint8_128", np.array(128, dtype=np.uint8))
-        out = self.add("DequantizeLinear", [q, self.scale(fp), zp], name)
-        self.dq_source[out] = (q, fp)
-        return out
-
-    def integer_clamp(self, node: Node, lo: float, hi: float) -> bool:
-        """ReLU / ReLU6 / hardtanh on an already quantized input with the same fix position as its own
-        point: Clip the uint8 values (exact when lo and hi are on the grid). The float Clip between a
-        DequantizeLinear and a QuantizeLinear cost onnxruntime more than the int8 convolutions saved."""
-        src = self.inp(node)
-        key = self.plan.tensor_point.get(node.name)
-        spec = self.table.outputs.get(key) if key is not None else None
-        if src not in self.dq_source or spec is None or spec.fix_pos != self.dq_source[src][1]:
-            return False
-        q, fp = self.dq_source[src]
-        bounds = []
-        for v in (lo, hi):
-            scaled = v * 2.0**fp
-            if math.isinf(scaled):
-                bounds.append(0 if scaled < 0 else 255)
-            elif not scaled.is_integer():
-                return False
-            else:
-                bounds.append(min(255, max(0, 128 + int(scaled))))
-        if len(node.inputs[0].users) == 1:  # the float view of the input is no longer needed
-            self.nodes = [n for n in self.nodes if src not in n.output]
-        lo_u8 = self.init(f"u8_{bounds[0]}", np.array(bounds[0], np.uint8))
-        hi_u8 = self.init(f"u8_{bounds[1]}", np.array(bounds[1], np.uint8))
-        out = self.add("Clip", [q, lo_u8, hi_u8], f"{node.name}_int")
-        self.value[node.name] = self.dq(out, fp, f"{node.name}_dq")
-        return True
-
-    def weight(self, node: Node, role: str) -> str:
-        key = node.params[role]
-        if key not in self.done_params:
-            t = self.graph.params[key].detach().float()
-            spec = self.param_specs.get(key)
-            fp = self.table.fix_pos(key)
-            if spec is not None and spec.float_scale:  # CPU/GPU targets: int8 with float (per-channel) scales
-                scales = float_scales(t, spec).reshape(-1).numpy().astype(np.float32)
-                if not spec.per_channel:
-                    scales = scales[0]
-                self.init(f"{key}_int8", quantize(t, spec).numpy().astype(np.int8))
-                self.init(f"{key}_scale", scales)
-                self.init(f"{key}_zero", np.zeros(np.shape(scales), dtype=np.int8))
-                attrs = {"axis": spec.axis} if spec.per_channel else {}
-                dq_inputs = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
-                self.done_params[key] = self.add("DequantizeLinear", dq_inputs, f"{key}_dq", **attrs)
-            elif spec is None or fp is None:
-                self.done_params[key] = self.init(key, t.numpy())
-            else:
-                q = quantize(t, spec.with_fix_pos(fp)).numpy().astype(np.int8)
-                self.init(f"{key}_int8", q)
-                dq_inputs = [f"{key}_int8", self.scale(fp), self.zero(np.int8)]
-                self.done_params[key] = self.add("DequantizeLinear", dq_inputs, f"{key}_dq")
-        return self.done_params[key]
-
-    def bias(self, node: Node, x: Node) -> str | None:
-        """The bias as int32 at the scale input x weight (exact for the usual shift_bias >= 0)."""
-        if "bias" not in node.params:
-            return None
-        key = node.params["bias"]
-        fp_b, fp_w = self.table.fix_pos(key), self.table.fix_pos(node.params["weight"])
-        fp_x = self.table.fix_pos(self.plan.tensor_point.get(x.name, ""))
-        w_spec = self.param_specs.get(node.params["weight"])
-        if w_spec is not None and w_spec.float_scale and fp_b is not None and fp_x is not None:
-            if key not in self.done_params:  # int32 at input scale x each channel's weight scale (rounded)
-                b = fake_quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
-                w_scales = float_scales(self.graph.params[node.params["weight"]].detach().float(), w_spec)
-                q32, step = int32_bias(b, w_scales, fp_x)
-                q32, scales = q32.numpy().astype(np.int32), step.float()
-                self.init(f"{key}_int32", q32)
-                scale = self.init(f"{key}_scale32", scales.numpy() if w_spec.per_channel else np.float32(scales[0]))
-                zero = self.init(f"{key}_zero32", np.zeros(q32.shape if w_spec.per_channel else (), np.int32))
-                attrs = {"axis": 0} if w_spec.per_channel else {}
-                self.done_params[key] = self.add("DequantizeLinear", [f"{key}_int32", scale, zero], f"{key}_dq32",
-                                                 **attrs)  # fmt: skip
-            return self.done_params[key]
-        if None in (fp_b, fp_w, fp_x) or fp_w + fp_x < fp_b:
-            return self.weight(node, "bias")
-        if key not in self.done_params:
-            q = quantize(self.graph.params[key].detach().float(), self.param_specs[key].with_fix_pos(fp_b))
-            q32 = self.init(f"{key}_int32", (q.double() * 2.0 ** (fp_w + fp_x - fp_b)).numpy().astype(np.int32))
-            scale = self.init(f"scale_{q32}", np.array(math.ldexp(1.0, -(fp_w + fp_x)), dtype=np.float32))
-            self.done_params[key] = self.add("DequantizeLinear", [q32, scale, self.zero(np.int32)], f"{key}_dq32")
-        return self.done_params[key]
-
-    def emit(self, node: Node, out: str) -> None:
-        key = self.plan.tensor_point.get(node.name)
-        if node.name in self.plan.outputs or self._feeds_group_relu(node):
-            spec = self.table.outputs[key]
-            if spec.fix_pos is not None:
-                out = self.qdq(out, spec.bitwidth, spec.fix_pos, node.name)
-        self.value[node.name] = out
-
-    def _feeds_group_relu(self, node: Node) -> bool:
-        """conv -> relu shares one point after the relu; quantizing before the relu as well gives the same
-        values (relu and round commute, 0 and 6 are on the grid) and lets onnxruntime fuse DQ-conv-Q."""
-        if len(node.users) != 1 or node.op in (Op.RELU, Op.RELU6):
-            return False
-        user = node.users[0]
-        key = self.plan.tensor_point.get(node.name)
-        return user.op in (Op.RELU, Op.RELU6) and key is not None and key == user.name and key in self.table.outputs
-
-    def inp(self, node: Node, k: int = 0) -> str:
-        return self.value[node.inputs[k].name]
+_Builder = OnnxBuilder
 
 
 OnnxLower = Callable[[_Builder, Node], None]
@@ -343,11 +197,17 @@ def _permute(b: _Builder, node: Node) -> None:
     b.emit(node, b.add("Transpose", [b.inp(node)], node.name, perm=list(node.attrs["dims"])))
 
 
-def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool = True):  # -> onnx.ModelProto
+def build_onnx(
+    graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool = True, opset: int | None = None
+):  # -> onnx.ModelProto
     """The QDQ ONNX model of a calibrated graph (batch dimension dynamic where it was captured so).
 
-    With `quantized=False` the same graph is written in float (no Q/DQ): a baseline for benchmarks.
+    With `quantized=False` the same graph is written in float (no Q/DQ): a baseline for benchmarks. `opset`:
+    the ONNX opset, from MIN_OPSET to what the installed onnx package knows; by default the config's
+    `onnx_opset_version` (plan.onnx_opset_version), else OPSET.
     """
+    if opset is None:
+        opset = plan.onnx_opset_version or OPSET
     if not quantized:
         plan, table = QuantPlan(), QuantTable(graph.name)
     try:
@@ -355,6 +215,12 @@ def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool
         from onnx import TensorProto, helper
     except ImportError as exc:
         raise NndctError("ONNX export needs the onnx package: pip install onnx") from exc
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise NndctError(
+            f"ONNX opset {opset!r} cannot be exported: this exporter writes opsets {MIN_OPSET} to {newest} (the "
+            f"installed onnx {onnx.__version__}). Fix: set onnx_opset_version (or opset_version) in that range."
+        )
     b = _Builder(graph, plan, table)
     graph_inputs, graph_outputs = [], []
     for node in graph.nodes:
@@ -381,13 +247,21 @@ def build_onnx(graph: Graph, plan: QuantPlan, table: QuantTable, quantized: bool
         dims = ["batch" if d == "B" else d for d in node.meta.shape]
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, b.inits)
-    opsets = [helper.make_opsetid("", OPSET)]
+    opsets = [helper.make_opsetid("", opset)]
     if any(n.domain == CUSTOM_DOMAIN for n in b.nodes):
         opsets.append(helper.make_opsetid(CUSTOM_DOMAIN, 1))
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="pytorch_nndct")
-    model.ir_version = 8
+    model.ir_version = max(8, _min_ir_version(opset))
     onnx.checker.check_model(model)
     return model
+
+
+def _min_ir_version(opset: int) -> int:
+    """The oldest ONNX IR version that carries `opset` (onnx.helper.VERSION_TABLE)."""
+    from onnx import helper
+
+    versions = [row[1] for row in helper.VERSION_TABLE if row[2] >= opset]
+    return min(versions) if versions else 8
 
 
 def _int64(b: _Builder, name: str, values: list[int]) -> str:
@@ -449,9 +323,9 @@ def _getitem(b: _Builder, node: Node) -> None:
         raise NndctError(f"{node.where()}: element of {parent.op.value} is not exported to ONNX yet")
     out = b.pieces[parent.name][node.attrs["index"]]
     if parent.name in b.plan.outputs:
-        spec = b.table.outputs[b.plan.tensor_point[parent.name]]
-        if spec.fix_pos is not None:
-            out = b.qdq(out, spec.bitwidth, spec.fix_pos, node.name)
+        spec = b.output_spec(b.plan.tensor_point[parent.name])
+        if spec is not None:
+            out = b.point(out, spec, node.name)
     b.value[node.name] = out
 
 

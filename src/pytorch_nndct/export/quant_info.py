@@ -1,4 +1,14 @@
-"""quant_info.json: fix positions of a calibrated model (SPEC 3.1), written atomically, read with checks."""
+"""quant_info.json: fix positions of a calibrated model (SPEC 3.1), written atomically, read with checks.
+
+Beyond the original's sections (`param`, `output`, `input`: `[[bit_width, fix_pos]]` per integer tensor,
+`fix_pos` null for float steps and per-channel grids), two optional ones:
+- `float_scale`: `{"<Model>::<output>": [[step, zero_point]]}` for each activation or input with a float step
+  (CPU/GPU targets). JSON floats round-trip exactly, so test mode uses the very step calibration kept. The
+  steps of parameters are not stored: they are a function of the (bias-corrected, fast-finetuned) tensor.
+- `dtype` (written, as by the original, when any tensor has a float data type): `{"param": {...}, "output":
+  {...}, "input": {}}` with `["int"]`, `["bfloat16"]`, `["float16"]` or `["float32"]` per tensor; tensors of a
+  float data type appear only there.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ import torch
 
 from ..codegen import prepare_output_dir, write_atomic
 from ..errors import NndctError
-from ..quant.spec import QuantSpec
+from ..quant.spec import DataType, QuantSpec
 from ..quant.table import QuantTable
 
 __all__ = [
@@ -49,15 +59,22 @@ def write_quant_info(
 ) -> Path:
     """Write `<output_dir>/quant_info.json` for `table` (and bias_corr.pth with it); returns its path."""
     m = table.model
-    doc = {
-        "param": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.params.items()},
-        "output": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.outputs.items()},
+    doc: dict[str, Any] = {
+        "param": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.params.items() if s.is_int},
+        "output": {f"{m}::{k}": [[s.bitwidth, s.fix_pos]] for k, s in table.outputs.items() if s.is_int},
         "input": {},
-        "fast_finetuned": table.fast_finetuned,
-        "bias_corrected": table.bias_corrected,
-        "version": _version(),
-        "graph_md5": table.graph_md5,
     }
+    scales = {f"{m}::{k}": [[s.scale, s.zero_point]] for k, s in table.outputs.items() if s.scale is not None}
+    if scales:
+        doc["float_scale"] = scales
+    if not all(s.is_int for s in (*table.params.values(), *table.outputs.values())):
+        doc["dtype"] = {
+            section: {f"{m}::{k}": [s.dtype.value] for k, s in specs.items()}
+            for section, specs in (("param", table.params), ("output", table.outputs))
+        }
+        doc["dtype"]["input"] = {}
+    doc.update(fast_finetuned=table.fast_finetuned, bias_corrected=table.bias_corrected, version=_version(),
+               graph_md5=table.graph_md5)  # fmt: skip
     folder = prepare_output_dir(output_dir)
     path = folder / QUANT_INFO
     files = {path: (json.dumps(doc, indent=2) + "\n").encode()}
@@ -151,7 +168,52 @@ def read_quant_info(output_dir: str | os.PathLike, model: str) -> tuple[QuantTab
         table.params[key] = QuantSpec(bw, True, fix_pos=fp)
     for key, (bw, fp) in _entries(doc, "output", model, path).items():
         table.outputs[key] = QuantSpec(bw, True, fix_pos=fp)
+    for section, specs in (("param", table.params), ("output", table.outputs)):
+        for key, dtype in _dtypes(doc, section, path).items():
+            if dtype is not DataType.INT:
+                specs[key] = QuantSpec(dtype=dtype)
+    for key, (scale, zero_point) in _float_scales(doc, path).items():
+        if key not in table.outputs:
+            raise QuantInfoError(f"{path}: float_scale names {key!r}, which has no output entry. {_RECALIBRATE}")
+        table.outputs[key] = table.outputs[key].with_scale(scale, zero_point)
     return table, doc
+
+
+_RECALIBRATE = "Fix: recalibrate (quant_mode='calib') to rewrite the file."
+
+
+def _section(doc: dict, name: str, path: Path) -> dict:
+    raw = doc.get(name, {})
+    if not isinstance(raw, dict):
+        raise QuantInfoError(f"{path}: section {name!r} is not an object. {_RECALIBRATE}")
+    return raw
+
+
+def _dtypes(doc: dict, section: str, path: Path) -> dict[str, DataType]:
+    out = {}
+    for key, value in _section(_section(doc, "dtype", path), section, path).items():
+        names = {d.value: d for d in DataType}
+        if not (isinstance(value, list) and len(value) == 1 and value[0] in names):
+            raise QuantInfoError(f"{path}: dtype entry {key!r} is {value!r}, not one of {list(names)}. {_RECALIBRATE}")
+        out[key.split("::", 1)[1] if "::" in key else key] = names[value[0]]
+    return out
+
+
+def _float_scales(doc: dict, path: Path) -> dict[str, tuple[float, int]]:
+    out = {}
+    for key, value in _section(doc, "float_scale", path).items():
+        try:
+            (scale, zero_point) = value[0]
+            if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+                raise TypeError
+            if isinstance(zero_point, bool) or not isinstance(zero_point, int):
+                raise TypeError
+        except (TypeError, ValueError, IndexError):
+            raise QuantInfoError(
+                f"{path}: float_scale entry {key!r} is {value!r}, not [[step, zero_point]]. {_RECALIBRATE}"
+            ) from None
+        out[key.split("::", 1)[1] if "::" in key else key] = (float(scale), zero_point)
+    return out
 
 
 def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], path: str) -> None:
@@ -167,17 +229,20 @@ def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], p
         if extra:
             problems.append(f"{len(extra)} {section} key(s) are not in this model: {_few(extra)}")
     if not problems:
-        widths = [
-            f"{k} ({got[k].bitwidth} bit, this quantizer: {want[k].bitwidth})"
-            for got, want in ((loaded.params, expected.params), (loaded.outputs, expected.outputs))
-            for k in want
-            if got[k].bitwidth != want[k].bitwidth
-        ]
-        if widths:
-            raise QuantInfoError(
-                f"{path} was calibrated with other bit widths: {_few(widths, 3)}. Fix: create the test-mode quantizer "
-                "with the same bitwidth and quant_config_file as calibration, or recalibrate."
-            )
+        pairs = [(k, got[k], want[k]) for got, want in ((loaded.params, expected.params),
+                                                         (loaded.outputs, expected.outputs)) for k in want]  # fmt: skip
+        for what, differs in (
+            ("data types", lambda g, w: g.dtype is not w.dtype),
+            ("bit widths", lambda g, w: w.is_int and g.bitwidth != w.bitwidth),
+            ("scale types", lambda g, w: w.is_int and ((g.fix_pos is not None and (w.float_scale or w.per_channel))
+                                                       or (g.scale is not None and not w.float_scale))),
+        ):  # fmt: skip
+            bad = [_describe(k, g, w) for k, g, w in pairs if differs(g, w)]
+            if bad:
+                raise QuantInfoError(
+                    f"{path} was calibrated with other {what}: {_few(bad, 3)}. Fix: create the test-mode quantizer "
+                    "with the same bitwidth and quant_config_file as calibration, or recalibrate."
+                )
     models = {k.split("::", 1)[0] for s in ("param", "output") for k in doc.get(s, {}) if "::" in k}
     if models and models != {expected.model}:
         problems.append(f"it was written for model {', '.join(sorted(models))}, not {expected.model}")
@@ -189,6 +254,15 @@ def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], p
             "input shapes or the torch version changed between calibration and test. Fix: recalibrate with "
             "quant_mode='calib' on the same model and inputs you test with."
         )
+
+
+def _describe(key: str, got: QuantSpec, want: QuantSpec) -> str:
+    def fmt(s: QuantSpec) -> str:
+        if not s.is_int:
+            return s.dtype.value
+        return f"{s.bitwidth} bit" + (", float step" if s.scale is not None or s.float_scale else "")
+
+    return f"{key} ({fmt(got)}, this quantizer: {fmt(want)})"
 
 
 def _few(keys: list[str], n: int = 5) -> str:

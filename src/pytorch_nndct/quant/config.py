@@ -1,78 +1,62 @@
-"""The strategy config (SPEC 2.6): the original's `quant_config_file` keys, validated, as typed settings.
+"""The strategy config (SPEC 2.6, VAIQ35 7): the original's `quant_config_file` keys, validated, as typed settings.
 
-`parse_config(doc)` takes the JSON document (a dict) and returns a QuantConfig, or raises ConfigError
-naming the key, the value and the fix. Every key of the original is recognised; a value this package
-cannot honour yet is refused ("not supported yet") rather than ignored, and options that contradict the
-DPU target (per-channel, float scales, asymmetric, statistical methods) are refused for it.
+`parse_config(doc)` takes the JSON document (a dict) and returns a QuantConfig, or raises ConfigError naming
+the key, the value and the fix. Every key of the original is recognised and every value it accepts is
+accepted (checked by its conflict rules, `config_rules`), with these differences, all clearer than its
+exit(2): an unknown key names the nearest known one; a non-boolean flag is an error, not ignored;
+`target_device` defaults to DPU; a layer entry without `quantizable_data_type` covers all four kinds.
+Not supported yet (clear errors): `convert_relu6_to_relu` / `convert_silu_to_hswish` true, bit widths
+outside 2-16 (2-32 for biases), per-channel inputs/activations, unsigned or asymmetric power-of-two grids,
+ONNX opsets below 13.
+
+Tensor kinds: "weights", "bias", "activation" (op outputs) and "input" (network inputs; a layer entry's
+"input" settings apply to the network inputs the layer reads). On the DPU, network inputs are rounded half up
+like activations (as in the original, whose network inputs follow the activation settings), so "input"
+round_mode must be the original's std_round there and changes nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from .spec import CalibSpec, QuantSpec, RoundMode, TensorKind
+from .config_rules import check_rules
+from .layers import LayerRef, name_matches, type_matches
+from .spec import CalibSpec, DataType, QuantSpec, RoundMode, TensorKind
 
 __all__ = ["ConfigError", "LayerRule", "QuantConfig", "TensorConfig", "parse_config"]
+
+log = logging.getLogger("pytorch_nndct")
 
 
 class ConfigError(InputError):
     """The strategy config file is invalid or asks for something not supported."""
 
 
-TOP_KEYS = frozenset(
-    {
-        "convert_relu6_to_relu",
-        "convert_silu_to_hswish",
-        "include_cle",
-        "include_bias_corr",
-        "keep_first_last_layer_accuracy",
-        "keep_add_layer_accuracy",
-        "target_device",
-        "quantizable_data_type",
-        "overall_quantize_config",
-        "tensor_quantize_config",
-        "layer_quantize_config",
-    }
-)
-TENSOR_KEYS = frozenset(
-    {
-        "datatype",
-        "bit_width",
-        "method",
-        "round_mode",
-        "symmetry",
-        "per_channel",
-        "signed",
-        "narrow_range",
-        "scale_type",
-        "calib_statistic_method",
-        "percentage",
-    }
-)
+FLAGS = ("convert_relu6_to_relu", "convert_silu_to_hswish", "include_cle", "include_bias_corr",
+         "keep_first_last_layer_accuracy", "keep_add_layer_accuracy", "change_concat_input_fix",
+         "change_pool_input_fix")  # fmt: skip
+TOP_KEYS = frozenset({*FLAGS, "target_device", "onnx_opset_version", "quantizable_data_type",
+                      "overall_quantize_config", "tensor_quantize_config", "layer_quantize_config"})  # fmt: skip
+TENSOR_KEYS = frozenset({"datatype", "bit_width", "method", "round_mode", "symmetry", "per_channel", "signed",
+                         "narrow_range", "scale_type", "calib_statistic_method", "percentage"})  # fmt: skip
 LAYER_KEYS = frozenset(
     {"layer_type", "layer_name", "quantizable_data_type", "overall_quantize_config", "tensor_quantize_config"}
 )
 KINDS = {k.value: k for k in TensorKind}  # "input", "weights", "bias", "activation"
-TARGETS = ("DPU", "CPU", "GPU")
+TARGETS = ("DPU", "CPU", "GPU", "FLEXML")
+MIN_OPSET = 13  # per-axis DequantizeLinear, Split with sizes as an input, bfloat16 Cast
+DATATYPES = {d.value: d for d in DataType}
 METHODS = ("diffs", "maxmin", "percentile", "mse", "entropy")
-DPU_METHODS = ("diffs", "maxmin")
-SUPPORTED_METHODS = ("diffs", "maxmin", "percentile", "mse")
 STATISTICS = ("modal", "max", "mean", "median")
+SCALE_TYPES = ("poweroftwo", "float")
 ROUND_MODES = {"half_even": RoundMode.HALF_EVEN, "half_up": RoundMode.HALF_UP, "half_down": RoundMode.HALF_DOWN,
                "std_round": RoundMode.HALF_AWAY}  # fmt: skip
-# keys whose only supported value is the default, with what the other values would need
-_ONLY_DEFAULT = {
-    "datatype": ("int", "float data types (bfloat16, float16, float32)"),
-    "symmetry": (True, "asymmetric quantization"),
-    "per_channel": (False, "per-channel quantization"),
-    "signed": (True, "unsigned quantization"),
-    "narrow_range": (False, "narrow-range quantization"),
-    "scale_type": ("poweroftwo", "float scales"),
-}
-_NOT_ON_DPU = {"symmetry": False, "per_channel": True, "scale_type": "float"}
+_BOOLS = ("symmetry", "per_channel", "signed", "narrow_range")
+_MAX_BITS = {"weights": 16, "input": 16, "activation": 16, "bias": 32}
 
 
 @dataclass(frozen=True)
@@ -82,33 +66,41 @@ class TensorConfig:
     bit_width: int = 8
     round_mode: RoundMode = RoundMode.HALF_UP
     calib: CalibSpec = field(default_factory=CalibSpec)
-
     float_scale: bool = False
     per_channel: bool = False
+    symmetric: bool = True
+    signed: bool = True
+    narrow_range: bool = False
+    datatype: DataType = DataType.INT
 
     def spec(self) -> QuantSpec:
         return QuantSpec(
-            self.bit_width, True, self.round_mode, float_scale=self.float_scale, per_channel=self.per_channel
+            self.bit_width,
+            self.signed,
+            self.round_mode,
+            float_scale=self.float_scale,
+            per_channel=self.per_channel,
+            symmetric=self.symmetric,
+            narrow_range=self.narrow_range,
+            dtype=self.datatype,
         )
 
 
 @dataclass(frozen=True)
 class LayerRule:
-    """A per-layer override: layers matched by module type or by name take these tensor settings."""
+    """A per-layer override: layers matched by type or by name take these settings for the kinds listed."""
 
     layer_type: str | None
     layer_name: str | None
     tensors: dict[TensorKind, TensorConfig]
 
     def matches(self, scope: str, module_type: type | None) -> bool:
+        return self.matches_ref(LayerRef(scope=scope, module_type=module_type))
+
+    def matches_ref(self, ref: LayerRef) -> bool:
         if self.layer_name is not None:
-            return scope == self.layer_name or scope.startswith(self.layer_name + ".")
-        if module_type is None or self.layer_type is None:
-            return False
-        names = {module_type.__name__, f"{module_type.__module__}.{module_type.__qualname__}"}
-        if module_type.__module__.startswith("torch.nn"):
-            names.add(f"torch.nn.{module_type.__name__}")
-        return self.layer_type in names
+            return name_matches(self.layer_name, ref)
+        return self.layer_type is not None and type_matches(self.layer_type, ref)
 
 
 @dataclass
@@ -120,29 +112,79 @@ class QuantConfig:
     include_bias_corr: bool = True
     tensors: dict[TensorKind, TensorConfig] = field(default_factory=dict)
     layers: list[LayerRule] = field(default_factory=list)
+    onnx_opset_version: int | None = None  # None: the exporter's default
+    change_concat_input_fix: bool = False  # concat inputs take the concat output's fix position
+    change_pool_input_fix: bool = False  # pooling inputs take the pooling output's fix position
 
     @staticmethod
     def default(bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantConfig:
         return QuantConfig(tensors=_default_tensors(bitwidth_w, bitwidth_a))
 
-    def tensor(self, kind: TensorKind, scope: str = "", module_type: type | None = None) -> TensorConfig:
-        """The settings for a tensor of `kind` in the layer at `scope` (the last matching rule wins)."""
-        chosen = self.tensors[kind]
+    @property
+    def only_int(self) -> bool:
+        """True when every tensor is an integer (the original then adjusts fix positions at export)."""
+        kinds = [*self.tensors.values(), *(t for rule in self.layers for t in rule.tensors.values())]
+        return all(t.datatype.is_int for t in kinds)
+
+    def tensor(
+        self,
+        kind: TensorKind,
+        scope: str = "",
+        module_type: type | None = None,
+        refs: list[LayerRef] | None = None,
+    ) -> TensorConfig:
+        """The settings for a tensor of `kind` in a layer (`refs`: the nodes it belongs to; else the module at
+        `scope`). A rule naming the layer beats one naming its type, and among those the last one wins."""
+        refs = refs if refs is not None else [LayerRef(scope=scope, module_type=module_type)]
+        chosen, by_name = self.tensors[kind], False
         for rule in self.layers:
-            if kind in rule.tensors and rule.matches(scope, module_type):
-                chosen = rule.tensors[kind]
+            if kind not in rule.tensors or (by_name and rule.layer_name is None):
+                continue
+            if any(rule.matches_ref(r) for r in refs):
+                chosen, by_name = rule.tensors[kind], by_name or rule.layer_name is not None
         return chosen
 
 
-def _default_tensors(bitwidth_w: int, bitwidth_a: int) -> dict[TensorKind, TensorConfig]:
+# ------------------------------------------------------------------ raw settings (the original's keys)
+def _raw_defaults(bitwidth_w: int, bitwidth_a: int) -> dict[str, dict[str, Any]]:
+    base = {"datatype": "int", "method": "diffs", "symmetry": True, "per_channel": False, "signed": True,
+            "narrow_range": False, "scale_type": "poweroftwo", "percentage": 99.99}  # fmt: skip
     return {
-        TensorKind.WEIGHT: TensorConfig(bitwidth_w, RoundMode.HALF_AWAY),
-        TensorKind.BIAS: TensorConfig(bitwidth_a, RoundMode.HALF_AWAY),
-        TensorKind.INPUT: TensorConfig(bitwidth_a, RoundMode.HALF_UP, CalibSpec("maxmin")),
-        TensorKind.ACTIVATION: TensorConfig(bitwidth_a, RoundMode.HALF_UP),
+        "weights": {**base, "bit_width": bitwidth_w, "round_mode": "std_round", "calib_statistic_method": None},
+        "bias": {**base, "bit_width": bitwidth_a, "round_mode": "std_round", "calib_statistic_method": None},
+        "input": {**base, "bit_width": bitwidth_a, "round_mode": None, "calib_statistic_method": "modal"},
+        "activation": {**base, "bit_width": bitwidth_a, "round_mode": "half_up", "calib_statistic_method": "modal"},
     }
 
 
+def _to_tensor(kind: str, raw: dict[str, Any], target: str) -> TensorConfig:
+    float_scale = raw["scale_type"] == "float"
+    method = raw["method"]
+    if kind == "input" and not float_scale and method == "diffs":
+        method = "maxmin"  # network inputs: one candidate (the original's scope 1 for input nodes)
+    if raw["round_mode"] is None or (kind == "input" and target == "DPU"):
+        mode = RoundMode.HALF_UP  # network inputs round like the DPU's activations
+    else:
+        mode = ROUND_MODES[raw["round_mode"]]
+    return TensorConfig(
+        raw["bit_width"],
+        mode,
+        CalibSpec(method, raw["calib_statistic_method"] or "modal", float(raw["percentage"])),
+        float_scale,
+        raw["per_channel"],
+        raw["symmetry"],
+        raw["signed"],
+        raw["narrow_range"],
+        DATATYPES[raw["datatype"]],
+    )
+
+
+def _default_tensors(bitwidth_w: int, bitwidth_a: int) -> dict[TensorKind, TensorConfig]:
+    raw = _raw_defaults(bitwidth_w, bitwidth_a)
+    return {KINDS[k]: _to_tensor(k, v, "DPU") for k, v in raw.items()}
+
+
+# ------------------------------------------------------------------ parsing
 def parse_config(doc: Any, bitwidth_w: int = 8, bitwidth_a: int = 8, where: str = "quant_config_file") -> QuantConfig:
     """Validate the config document and build the settings (defaults from `bitwidth_w` / `bitwidth_a`)."""
     if not isinstance(doc, dict):
@@ -150,146 +192,167 @@ def parse_config(doc: Any, bitwidth_w: int = 8, bitwidth_a: int = 8, where: str 
     _unknown(doc, TOP_KEYS, where)
     target = doc.get("target_device", "DPU")
     if target not in TARGETS:
-        raise ConfigError(f"{where}: target_device {target!r} is not one of {', '.join(TARGETS)}.")
+        raise ConfigError(
+            f"{where}: target_device {target!r} is not one of {', '.join(TARGETS)}.{_near(target, TARGETS)}"
+        )
+    flags = _flags(doc, where)
+    opset = doc.get("onnx_opset_version")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET):
+        raise ConfigError(
+            f"{where}: onnx_opset_version {opset!r}: the ONNX export needs an integer opset of {MIN_OPSET} or newer. "
+            "Fix: use 13 or later (the original's examples use 14), or remove the key for the default."
+        )
+    _kinds_list(doc.get("quantizable_data_type"), where)  # the original accepts and ignores it at the top level
+    raw = _raw_defaults(bitwidth_w, bitwidth_a)
+    _apply_sections(doc, raw, where)
+    check_rules(target, raw, where, ConfigError)
+    _own_limits(raw, target, where)
+    tensors = {KINDS[k]: _to_tensor(k, v, target) for k, v in raw.items()}
+    layers = [_layer(rule, i, raw, target, where) for i, rule in enumerate(_rules_list(doc, where))]
+    return QuantConfig(target, flags["include_cle"], flags["include_bias_corr"], tensors, layers, opset,
+                       flags["change_concat_input_fix"], flags["change_pool_input_fix"])  # fmt: skip
+
+
+def _flags(doc: dict, where: str) -> dict[str, bool]:
+    defaults = {"include_cle": True, "include_bias_corr": True}
     flags = {}
-    for key, default in (
-        ("include_cle", True),
-        ("include_bias_corr", True),
-        ("convert_relu6_to_relu", False),
-        ("convert_silu_to_hswish", False),
-        ("keep_first_last_layer_accuracy", False),
-        ("keep_add_layer_accuracy", False),
-    ):
-        value = doc.get(key, default)
+    for key in FLAGS:
+        value = doc.get(key, defaults.get(key, False))
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")
         flags[key] = value
-    for key in ("convert_relu6_to_relu", "convert_silu_to_hswish", "keep_first_last_layer_accuracy",
-                "keep_add_layer_accuracy"):  # fmt: skip
+    for key in ("convert_relu6_to_relu", "convert_silu_to_hswish"):
         if flags[key]:
             raise ConfigError(f"{where}: {key}: true is not supported yet. Fix: remove the key or set it to false.")
-    _check_quantizable(doc.get("quantizable_data_type"), where)
-    base = _default_tensors(bitwidth_w, bitwidth_a)
-    tensors = _tensor_section(doc, base, target, where)
-    layers = []
+    for key in ("keep_first_last_layer_accuracy", "keep_add_layer_accuracy"):
+        if flags[key]:
+            log.info("pytorch_nndct: %s: true has no effect (as in vai_q_pytorch 3.5)", key)
+    return flags
+
+
+def _rules_list(doc: dict, where: str) -> list[dict]:
     rules = doc.get("layer_quantize_config", [])
-    if not isinstance(rules, list):
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         raise ConfigError(f"{where}: layer_quantize_config must be a list of objects.")
-    for i, rule in enumerate(rules):
-        at = f"{where}: layer_quantize_config[{i}]"
-        if not isinstance(rule, dict):
-            raise ConfigError(f"{at} must be an object.")
-        _unknown(rule, LAYER_KEYS, at)
-        layer_type, layer_name = rule.get("layer_type"), rule.get("layer_name")
-        if (layer_type is None) == (layer_name is None):
-            raise ConfigError(f"{at} must name exactly one of layer_type (e.g. 'torch.nn.Conv2d') or layer_name.")
-        for key, value in (("layer_type", layer_type), ("layer_name", layer_name)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"{at}: {key} must be a non-empty string, got {value!r}.")
-        _check_quantizable(rule.get("quantizable_data_type"), at)
-        own = _tensor_section(rule, tensors, target, at)
-        changed = {k: v for k, v in own.items() if v != tensors[k]}
-        layers.append(LayerRule(layer_type, layer_name, changed))
-    return QuantConfig(target, flags["include_cle"], flags["include_bias_corr"], tensors, layers)
+    return rules
 
 
-def _tensor_section(doc: dict, base: dict[TensorKind, TensorConfig], target: str, where: str) -> dict:
-    overall = doc.get("overall_quantize_config", {})
-    per_kind = doc.get("tensor_quantize_config", {})
+def _layer(rule: dict, i: int, global_raw: dict, target: str, where: str) -> LayerRule:
+    at = f"{where}: layer_quantize_config[{i}]"
+    _unknown(rule, LAYER_KEYS, at)
+    layer_type, layer_name = rule.get("layer_type"), rule.get("layer_name")
+    if (layer_type is None) == (layer_name is None):
+        raise ConfigError(f"{at} must name exactly one of layer_type (e.g. 'torch.nn.Conv2d') or layer_name.")
+    for key, value in (("layer_type", layer_type), ("layer_name", layer_name)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{at}: {key} must be a non-empty string, got {value!r}.")
+    at = f"{at} ({'layer_type' if layer_type else 'layer_name'} {layer_type or layer_name!r})"
+    kinds = _kinds_list(rule.get("quantizable_data_type"), at) or list(KINDS)
+    extra = sorted(set(rule.get("tensor_quantize_config") or {}) & set(KINDS) - set(kinds))
+    if extra:
+        raise ConfigError(
+            f"{at}: tensor_quantize_config sets {', '.join(extra)}, which quantizable_data_type does not list. "
+            f"Fix: add {', '.join(map(repr, extra))} to quantizable_data_type, or remove those settings."
+        )
+    raw = {k: dict(global_raw[k]) for k in kinds}  # each listed kind starts from the global settings
+    _apply_sections(rule, raw, at)
+    check_rules(target, raw, at, ConfigError)
+    _own_limits(raw, target, at)
+    return LayerRule(layer_type, layer_name, {KINDS[k]: _to_tensor(k, v, target) for k, v in raw.items()})
+
+
+def _apply_sections(doc: dict, raw: dict[str, dict[str, Any]], where: str) -> None:
+    """overall_quantize_config onto every kind in `raw`, then tensor_quantize_config per kind (in place)."""
+    overall = doc.get("overall_quantize_config") or {}
+    per_kind = doc.get("tensor_quantize_config") or {}
     if not isinstance(overall, dict):
         raise ConfigError(f"{where}: overall_quantize_config must be an object.")
     if not isinstance(per_kind, dict):
         raise ConfigError(f"{where}: tensor_quantize_config must be an object keyed by tensor kind.")
     _unknown(overall, TENSOR_KEYS, f"{where}: overall_quantize_config")
     _unknown(per_kind, KINDS, f"{where}: tensor_quantize_config")
-    out = {}
-    for name, kind in KINDS.items():
-        settings = per_kind.get(name, {})
-        at = f"{where}: tensor_quantize_config.{name}"
+    for kind in raw:
+        _apply(kind, overall, raw[kind], f"{where}: overall_quantize_config")
+    for kind, settings in per_kind.items():
+        at = f"{where}: tensor_quantize_config.{kind}"
         if not isinstance(settings, dict):
             raise ConfigError(f"{at} must be an object.")
         _unknown(settings, TENSOR_KEYS, at)
-        out[kind] = _tensor(base[kind], {**overall, **settings}, target, at, kind)
-        if (
-            target == "DPU"
-            and kind in (TensorKind.INPUT, TensorKind.ACTIVATION)
-            and out[kind].round_mode is not RoundMode.HALF_UP
-        ):
-            raise ConfigError(
-                f"{at}: round_mode {out[kind].round_mode.value!r} conflicts with target_device DPU, which rounds "
-                "activations half up. Fix: remove the key, or set target_device to CPU or GPU (for ONNX Runtime, "
-                "half_even matches its QuantizeLinear)."
-            )
-    return out
+        if kind in raw:
+            _apply(kind, settings, raw[kind], at)
 
 
-def _tensor(base: TensorConfig, settings: dict, target: str, where: str, kind: TensorKind) -> TensorConfig:
-    float_scale = settings.get("scale_type", "poweroftwo") == "float"
-    per_channel = settings.get("per_channel", False) is True
-    for key, (default, what) in _ONLY_DEFAULT.items():
-        if key not in settings or settings[key] == default:
+def _choice(value: Any, allowed: Any, key: str, where: str) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}.{_near(value, allowed)}")
+    return value
+
+
+def _apply(kind: str, settings: dict, raw: dict[str, Any], where: str) -> None:
+    """One section's keys onto one kind's settings, each value checked as the original checks it."""
+    if "datatype" in settings:
+        raw["datatype"] = _choice(settings["datatype"], DATATYPES, "datatype", where)
+    if "bit_width" in settings:
+        bw = settings["bit_width"]
+        if not isinstance(bw, int) or isinstance(bw, bool) or not 0 <= bw <= 32:
+            raise ConfigError(f"{where}: bit_width must be an integer from 0 to 32, got {bw!r}.")
+        raw["bit_width"] = bw
+    for key, allowed in (("method", METHODS), ("round_mode", ROUND_MODES), ("scale_type", SCALE_TYPES)):
+        if key in settings:
+            raw[key] = _choice(settings[key], allowed, key, where)
+    for key in _BOOLS:
+        if key in settings:
+            if not isinstance(settings[key], bool):
+                raise ConfigError(f"{where}: {key} must be true or false, got {settings[key]!r}.")
+            raw[key] = settings[key]
+    if kind in ("input", "activation") and "calib_statistic_method" in settings:  # ignored for parameters
+        raw["calib_statistic_method"] = _choice(settings["calib_statistic_method"], STATISTICS,
+                                                "calib_statistic_method", where)  # fmt: skip
+    if raw["method"] == "percentile" and "percentage" in settings:  # only read for the percentile method
+        p = settings["percentage"]
+        if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < p <= 100:
+            raise ConfigError(f"{where}: percentage must be a number in (0, 100], got {p!r}.")
+        raw["percentage"] = float(p)
+
+
+def _own_limits(raw: dict[str, dict[str, Any]], target: str, where: str) -> None:
+    """What this package cannot do yet, after the original's own rules passed."""
+    for kind, s in raw.items():
+        if s["datatype"] != "int":
             continue
-        if target != "DPU" and kind is TensorKind.WEIGHT and key in ("scale_type", "per_channel"):
-            if settings[key] not in ("float", True):
-                allowed = "'poweroftwo' or 'float'" if key == "scale_type" else "true or false"
-                raise ConfigError(f"{where}: {key} must be {allowed}, got {settings[key]!r}.")
-            if per_channel and not float_scale:
-                raise ConfigError(
-                    f"{where}: per_channel with power-of-two scales is not supported yet. Fix: add scale_type: float."
-                )
-            continue
-        if target == "DPU" and key in _NOT_ON_DPU and settings[key] == _NOT_ON_DPU[key]:
+        at = f"{where}: {kind}"
+        if not 2 <= s["bit_width"] <= _MAX_BITS[kind]:
             raise ConfigError(
-                f"{where}: {key} = {settings[key]!r} conflicts with target_device DPU (the DPU uses power-of-two, "
-                "per-tensor, symmetric scales). Fix: remove the key, or set target_device to CPU or GPU."
+                f"{at}: bit_width must be an integer from 2 to {_MAX_BITS[kind]} here, got {s['bit_width']} (the "
+                "original accepts 0 to 32; other widths are not supported yet). Fix: use a bit width in that range."
             )
-        raise ConfigError(f"{where}: {key} = {settings[key]!r} ({what}) is not supported yet. Fix: remove the key.")
-    bit_width = settings.get("bit_width", base.bit_width)
-    if not isinstance(bit_width, int) or isinstance(bit_width, bool) or not 2 <= bit_width <= 16:
-        raise ConfigError(f"{where}: bit_width must be an integer from 2 to 16, got {bit_width!r}.")
-    mode = settings.get("round_mode")
-    if mode is not None and mode not in ROUND_MODES:
-        raise ConfigError(f"{where}: round_mode {mode!r} is not one of {', '.join(ROUND_MODES)}.")
-    method = settings.get("method", base.calib.method)
-    if method not in METHODS:
-        raise ConfigError(f"{where}: method {method!r} is not one of {', '.join(METHODS)}.")
-    if target == "DPU" and method not in DPU_METHODS:
-        raise ConfigError(
-            f"{where}: method {method!r} conflicts with target_device DPU, which calibrates with "
-            f"{' or '.join(DPU_METHODS)}. Fix: use one of those, or set target_device to CPU or GPU."
-        )
-    if method not in SUPPORTED_METHODS:
-        raise ConfigError(f"{where}: method {method!r} is not supported yet. Fix: use {', '.join(SUPPORTED_METHODS)}.")
-    statistic = settings.get("calib_statistic_method", base.calib.statistic)
-    if statistic not in STATISTICS:
-        raise ConfigError(f"{where}: calib_statistic_method {statistic!r} is not one of {', '.join(STATISTICS)}.")
-    percentage = settings.get("percentage", base.calib.percentage)
-    if not isinstance(percentage, int | float) or isinstance(percentage, bool) or not 0 < percentage <= 100:
-        raise ConfigError(f"{where}: percentage must be a number in (0, 100], got {percentage!r}.")
-    return dataclasses.replace(
-        base,
-        float_scale=float_scale or (base.float_scale and "scale_type" not in settings),
-        per_channel=per_channel or (base.per_channel and "per_channel" not in settings),
-        bit_width=bit_width,
-        round_mode=ROUND_MODES[mode] if mode is not None else base.round_mode,
-        calib=CalibSpec(method, statistic, float(percentage)),
-    )
+        if s["per_channel"] and kind != "weights":
+            raise ConfigError(f"{at}: per_channel = true is not supported yet (only for weights). Fix: remove the key.")
+        if s["scale_type"] == "poweroftwo" and not (s["signed"] and s["symmetry"]):
+            key = "signed" if not s["signed"] else "symmetry"
+            raise ConfigError(
+                f"{at}: {key} = false with power-of-two scales is not supported yet. Fix: remove the key, or use "
+                "scale_type 'float' with target_device CPU or GPU."
+            )
 
 
-def _check_quantizable(value: Any, where: str) -> None:
+def _kinds_list(value: Any, where: str) -> list[str] | None:
     if value is None:
-        return
+        return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: quantizable_data_type must be a list of strings such as ['input', 'weights'].")
     unknown = sorted(set(value) - set(KINDS))
     if unknown:
-        raise ConfigError(f"{where}: quantizable_data_type has unknown kind(s) {unknown}; known: {', '.join(KINDS)}.")
-    missing = sorted(set(KINDS) - set(value))
-    if missing:
         raise ConfigError(
-            f"{where}: leaving {', '.join(missing)} unquantized (quantizable_data_type) is not supported yet. "
-            "Fix: list all four kinds or remove the key."
+            f"{where}: quantizable_data_type has unknown kind(s) {unknown}; known: {', '.join(KINDS)}."
+            + _near(unknown[0], KINDS)
         )
+    return list(dict.fromkeys(value))
+
+
+def _near(value: Any, known: Any) -> str:
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _unknown(doc: dict, known: Any, where: str) -> None:
@@ -297,4 +360,5 @@ def _unknown(doc: dict, known: Any, where: str) -> None:
     if extra:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, extra))}. Known keys: {', '.join(sorted(known))}."
+            + _near(extra[0], known)
         )

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
-from .primitives import fake_quantize
-from .spec import QuantSpec
+from .scales import quantize_param
+from .spec import CalibSpec, QuantSpec
 
 __all__ = ["FINETUNE_OPS", "FinetuneLayer", "cache_bytes", "capture", "fit_layer", "loss_value"]
 
@@ -71,7 +71,7 @@ def cache_bytes(graph: Graph, layers: list[FinetuneLayer], samples: int) -> tupl
 
 
 def _ste(t: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    return t + (fake_quantize(t.detach(), spec) - t.detach())
+    return t + (quantize_param(t.detach(), spec, CalibSpec()) - t.detach())
 
 
 def fit_layer(

@@ -1,4 +1,5 @@
-"""Observers collect; pure functions decide. An activation's fix position is a statistic over batches."""
+"""Observers collect; pure functions decide. An activation's fix position (or float step) is a statistic
+over calibration batches."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 import statistics
 from collections import Counter
 
-__all__ = ["FixPosObserver", "ModeObserver"]
+from .scales import scale_statistic
+
+__all__ = ["FixPosObserver", "ModeObserver", "ScaleObserver"]
 
 
 class FixPosObserver:
@@ -46,3 +49,30 @@ class ModeObserver(FixPosObserver):
 
     def __init__(self) -> None:
         super().__init__("modal")
+
+
+class ScaleObserver:
+    """Collects the float step and zero point found on each calibration batch; `value` is their statistic
+    (scales.scale_statistic): the max, mean or median step ("modal": the most frequent) and the most
+    frequent zero point."""
+
+    def __init__(self, statistic: str = "max") -> None:
+        if statistic not in ("modal", "max", "mean", "median"):
+            raise ValueError(f"unknown calibration statistic {statistic!r}")
+        self.statistic = statistic
+        self.scales: list[float] = []
+        self.zero_points: list[int] = []
+
+    def observe(self, scale: float, zero_point: int) -> None:
+        self.scales.append(scale)
+        self.zero_points.append(zero_point)
+
+    @property
+    def batches(self) -> int:
+        return len(self.scales)
+
+    @property
+    def value(self) -> tuple[float, int] | None:
+        if not self.scales:
+            return None
+        return scale_statistic(self.scales, self.zero_points, self.statistic)

@@ -10,21 +10,29 @@
   where it feeds a quantized op.
 - Hardware-aware quantization (VAIQ35 1.3): `float_nodes` names nodes the target cannot run; they are planned
   as float ops whatever their op (no parameter points, no group), with the reason given.
+
+Each point's format comes from the strategy config: a parameter's from its node, an output point's from the
+nodes of its group (a rule naming any of them applies), a network input's from the input and the layers
+reading it. Points whose datatype is a float type round to it; float32 points leave values as they are.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import CONV_OPS, Op
 from .config import QuantConfig
+from .layers import LayerRef, any_match, scope_path
 from .spec import CalibSpec, QuantSpec, TensorKind
 
-__all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "make_plan"]
+__all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "layer_refs", "make_plan"]
+
+log = logging.getLogger("pytorch_nndct")
 
 
 class Role(enum.Enum):
@@ -114,6 +122,10 @@ class QuantPlan:
     input_points: set[str] = field(default_factory=set)  # output keys that are network inputs (maxmin)
     float_ops: dict[str, str] = field(default_factory=dict)  # node name -> why it runs in float
     calibs: dict[str, CalibSpec] = field(default_factory=dict)  # output key -> how its fix position is found
+    change_concat_input_fix: bool = False  # export: concat inputs take the concat's fix position
+    change_pool_input_fix: bool = False  # export: pooling inputs take the pooling output's fix position
+    only_int: bool = True  # every point is an integer grid (fix positions are adjusted at export)
+    onnx_opset_version: int | None = None  # the config's: the ONNX export's default opset
 
 
 def _is_float_tensor(node: Node) -> bool:
@@ -141,9 +153,7 @@ def make_plan(
     op_type is in `custom_quant_ops` get their output quantized. `float_nodes` (node name -> why) are planned
     as float ops: the ops a target cannot run (`pytorch_nndct.targets.cpu_ops`).
     """
-    plan = QuantPlan()
     config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
-    types = module_types or {}
     forced = dict(float_nodes or {})
 
     def role_of(node: Node) -> Role:
@@ -153,19 +163,31 @@ def make_plan(
             return Role.QUANTIZED
         return QUANT_ROLE[node.op]
 
-    def setting(kind: TensorKind, node: Node):
-        return config.tensor(kind, node.scope, types.get(node.scope))
+    plan = QuantPlan(change_concat_input_fix=config.change_concat_input_fix,
+                     change_pool_input_fix=config.change_pool_input_fix, only_int=config.only_int,
+                     onnx_opset_version=config.onnx_opset_version)  # fmt: skip
+    refs = layer_refs(graph, module_types or {})
+
+    def setting(kind: TensorKind, nodes: list[Node]):
+        return config.tensor(kind, refs=[refs[n.name] for n in nodes])
 
     for node in graph.nodes:
         if node.op in _PARAM_OPS and role_of(node) is not Role.FLOAT:
             for role, key in node.params.items():
                 kind = _PARAM_KINDS.get(role)
                 if kind is not None and graph.params[key].is_floating_point():
-                    t = setting(kind, node)
+                    t = setting(kind, [node])
                     plan.params.append(ParamPoint(node.name, role, key, t.spec(), t.calib))
 
     def add_point(name: str, kind: TensorKind, node: Node) -> None:
-        t = setting(kind, node)
+        if kind is TensorKind.INPUT:  # a network input: the layers reading it may set its format
+            nodes = [node, *node.users]
+        else:  # an output point: any node of its group
+            nodes, end = [node], node
+            while end.name != name and len(end.users) == 1:
+                end = end.users[0]
+                nodes.append(end)
+        t = setting(kind, nodes)
         plan.outputs[name] = t.spec()
         plan.calibs[name] = t.calib
 
@@ -228,7 +250,24 @@ def make_plan(
             if src.name not in plan.tensor_point and _is_float_tensor(src) and role_of(src) is not Role.STRUCTURE:
                 add_point(src.name, TensorKind.ACTIVATION, src)
                 plan.tensor_point[src.name] = src.name
+    _warn_unmatched(config, list(refs.values()))
     return plan
+
+
+def layer_refs(graph: Graph, module_types: Mapping[str, type]) -> dict[str, LayerRef]:
+    """What layer rules see of each node: name, op, module path, module class and the original's scope path."""
+    refs = {}
+    for n in graph.nodes:
+        module_type = module_types.get(n.scope) if n.scope else None
+        refs[n.name] = LayerRef(n.name, n.op, n.scope, module_type, scope_path(n.scope, module_types))
+    return refs
+
+
+def _warn_unmatched(config: QuantConfig, refs: list[LayerRef]) -> None:
+    for rule in config.layers:
+        if not any_match(refs, rule.layer_type, rule.layer_name):
+            what = f"layer_type {rule.layer_type!r}" if rule.layer_type else f"layer_name {rule.layer_name!r}"
+            log.warning("pytorch_nndct: quant config: %s matches no layer of this model; the entry has no effect", what)
 
 
 def _float_reason(node: Node) -> str:

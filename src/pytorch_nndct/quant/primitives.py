@@ -1,8 +1,9 @@
-"""Pure, bit-exact fix-point numerics (SPEC 2, 2.1, 2.4). Everything else calls these.
+"""Pure, bit-exact quantization numerics (SPEC 2, 2.1, 2.4). Everything else calls these.
 
 All functions work on whole tensors with torch ops, on the tensor's device. Scaling by 2^fp is exact in
 floating point, and the rounding modes are computed from `floor` and the exact fractional part, so the
-results do not depend on `x + 0.5` rounding in float32.
+results do not depend on `x + 0.5` rounding in float32. Float steps (CPU/GPU targets) divide by the step in
+float32, as ONNX QuantizeLinear does; how a float step is found lives in `scales`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from collections.abc import Callable
 
 import torch
 
-from .spec import CalibSpec, QuantSpec, RoundMode, fp_cap
+from .spec import CalibSpec, DataType, QuantSpec, RoundMode, fp_cap
 
 __all__ = [
     "ALL_ZERO_FIX_POS",
     "DIFFS_SCOPE",
     "avgpool_factor",
     "calibrate",
+    "channel_fix_pos",
+    "channel_steps",
     "diffs_errors",
+    "fake_cast",
     "fake_quantize",
     "fix_pos_diffs",
     "fix_pos_maxmin",
@@ -34,6 +38,8 @@ __all__ = [
 ALL_ZERO_FIX_POS = 18  # the fix position an all-zero tensor gets before capping
 DIFFS_SCOPE = 5  # candidates fp0 .. fp0 + 4
 _CHUNK = 1 << 22  # elements per batched candidate evaluation (bounds the temporary memory)
+_WIDE = 24  # integers above 2^24 are not exact in float32: wider grids (32-bit biases) compute in float64
+_TORCH_DTYPES = {DataType.BFLOAT16: torch.bfloat16, DataType.FLOAT16: torch.float16}
 
 
 def round_(x: torch.Tensor, mode: RoundMode) -> torch.Tensor:
@@ -65,6 +71,14 @@ def _half_up(x: torch.Tensor) -> torch.Tensor:
     return f + (x - f >= 0.5).to(x.dtype)
 
 
+def fake_cast(x: torch.Tensor, dtype: DataType) -> torch.Tensor:
+    """x rounded to a float data type and back (round to nearest even); float32 and int leave x as it is."""
+    target = _TORCH_DTYPES.get(dtype)
+    if target is None or x.dtype == target or not x.is_floating_point():
+        return x
+    return x.to(target).to(x.dtype)
+
+
 def float_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Float-scale specs: max|x| / qmax per tensor, or per slice along spec.axis (shaped to broadcast);
     an all-zero slice gets scale 1."""
@@ -79,29 +93,103 @@ def float_scales(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def int32_bias(
-    bias: torch.Tensor, channel_scales: torch.Tensor, input_fix_pos: int
+    bias: torch.Tensor, channel_scales: torch.Tensor, input_step: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float-scale weights: the bias on the grid an integer kernel adds it on, the input's 2^-fp times
-    each output channel's weight scale. Returns (the integers, that step), both float64."""
-    step = channel_scales.reshape(-1).double() * math.ldexp(1.0, -input_fix_pos)
+    """Float-scale weights: the bias on the grid an integer kernel adds it on, the input's step times each
+    output channel's weight scale. Returns (the integers, that step), both float64."""
+    step = channel_scales.reshape(-1).double() * float(input_step)
     return torch.round(bias.double() / step), step
 
 
-def quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """The integers q = clamp(round(x * 2^fp), qmin, qmax), in x's dtype (float scales: round(x / s))."""
-    if spec.float_scale:
-        return round_(x / float_scales(x, spec).to(x.dtype), spec.round_mode).clamp_(spec.qmin, spec.qmax)
+Step = torch.Tensor | float | None
+ZeroPoint = torch.Tensor | int | None
+
+
+def _step(x: torch.Tensor, spec: QuantSpec, scale: Step, zero_point: ZeroPoint) -> tuple[Step, ZeroPoint]:
+    """The float step and zero point of a spec that is not a plain fix position, or (None, None)."""
+    if scale is None and spec.scale is not None:
+        scale, zero_point = spec.scale, spec.zero_point
+    if scale is None and spec.float_scale:
+        scale = float_scales(x, spec)
+    return scale, zero_point
+
+
+def _as(value: torch.Tensor | float | int, like: torch.Tensor) -> torch.Tensor | float | int:
+    return value.to(like.device, like.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def _nonzero(zero_point: ZeroPoint) -> bool:
+    return zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0)
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec, scale: Step = None, zero_point: ZeroPoint = None) -> torch.Tensor:
+    """The integers q = clamp(round(x * 2^fp), qmin, qmax), in x's dtype.
+
+    Float steps: clamp(round(x / s) + zero_point, qmin, qmax), s from `scale` (a number, or a tensor that
+    broadcasts against x), else the spec's calibrated `scale`, else (float-scale parameters) max|x| / qmax.
+    Grids wider than 24 bits are computed and returned in float64 (float32 cannot hold their integers).
+    """
+    if not spec.is_int:
+        raise ValueError(f"cannot quantize to integers with a {spec.dtype.value} spec; use fake_cast")
+    scale, zero_point = _step(x, spec, scale, zero_point)
+    if scale is not None:
+        work = x.double() if spec.bitwidth > _WIDE else x
+        s = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
+        q = round_(work / _as(s, work), spec.round_mode)
+        if _nonzero(zero_point):
+            q = q + _as(zero_point, q)
+        q = q.clamp_(spec.qmin, spec.qmax)
+        return q if work is not x else q.to(x.dtype)
     if spec.fix_pos is None:
         raise ValueError("cannot quantize with a spec that has no fix position (not calibrated)")
     q = round_(x * math.ldexp(1.0, spec.fix_pos), spec.round_mode)
     return q.clamp_(spec.qmin, spec.qmax)
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """x rounded onto the fix-point grid: quantize(x) * 2^-fp (float scales: quantize(x) * s)."""
-    if spec.float_scale:
-        return quantize(x, spec).mul_(float_scales(x, spec).to(x.dtype))
-    return quantize(x, spec).mul_(math.ldexp(1.0, -spec.fix_pos))
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: Step = None, zero_point: ZeroPoint = None) -> torch.Tensor:
+    """x rounded onto its grid: quantize(x) * 2^-fp, or (q - zero_point) * s for float steps (see quantize);
+    float data types: x rounded to that type (fake_cast)."""
+    if not spec.is_int:
+        return fake_cast(x, spec.dtype)
+    scale, zero_point = _step(x, spec, scale, zero_point)
+    if scale is None:
+        return quantize(x, spec).mul_(math.ldexp(1.0, -spec.fix_pos))
+    q = quantize(x, spec, scale, zero_point)
+    if _nonzero(zero_point):
+        q = q - _as(zero_point, q)
+    s = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
+    return q.mul_(_as(s, q)).to(x.dtype)
+
+
+def channel_fix_pos(x: torch.Tensor, spec: QuantSpec, calib: CalibSpec) -> torch.Tensor:
+    """Per-channel power-of-two: the fix position of each slice along spec.axis by "diffs" (5 candidates)
+    or "maxmin" (fp0), as fix_pos_diffs finds it for that slice alone (int64, one per slice)."""
+    x = x.detach()
+    rows = x.movedim(spec.axis % x.dim(), 0).reshape(x.shape[spec.axis], -1) if x.dim() else x.reshape(1, 1)
+    lo, hi = rows.amin(dim=1).double(), rows.amax(dim=1).double()
+    half = 2.0 ** (spec.bitwidth - 1)
+    step = torch.maximum(lo / (-half - 0.5), hi / (half - 0.5))
+    zero = step <= 0
+    fp0 = torch.floor(torch.log2(1.0 / torch.where(zero, torch.ones_like(step), step))).long()
+    best = fp0.clone()
+    if calib.method != "maxmin":
+        errs = []
+        for k in range(DIFFS_SCOPE):
+            s = torch.pow(2.0, (fp0 + k).to(x.dtype)).unsqueeze(1)
+            q = round_(rows * s, spec.round_mode).clamp_(spec.qmin, spec.qmax)
+            err = (rows - q / s).double()
+            errs.append((err * err).sum(dim=1))
+        best = fp0 + torch.argmin(torch.stack(errs), dim=0)  # the first minimum: the smaller fp wins a tie
+    best = torch.where(zero, torch.full_like(best, ALL_ZERO_FIX_POS), best)
+    return best.clamp(max=fp_cap(spec.bitwidth))
+
+
+def channel_steps(fix_pos: torch.Tensor, spec: QuantSpec, ndim: int) -> torch.Tensor:
+    """2^-fp per slice, shaped to broadcast along spec.axis of an `ndim`-dimensional tensor (float32)."""
+    shape = [1] * ndim
+    if ndim:
+        shape[spec.axis % ndim] = -1
+    return torch.pow(2.0, -fix_pos.double()).float().reshape(shape)
 
 
 def value_range(x: torch.Tensor) -> tuple[float, float]:
@@ -201,8 +289,11 @@ def calibrate(
     calib: CalibSpec,
     errors: ErrorsFn = diffs_errors,
     value_range_: tuple[float, float] | None = None,
-) -> int:
-    """The fix position of one tensor by `calib.method` (see CalibSpec)."""
+) -> int | None:
+    """The fix position of one tensor by `calib.method` (see CalibSpec); None for specs without one (float
+    data types, float steps, per-channel grids: those come from `scales` and `channel_fix_pos`)."""
+    if not spec.is_int or spec.float_scale or spec.per_channel:
+        return None
     if calib.method == "maxmin":
         return fix_pos_maxmin(x, spec.bitwidth, value_range_)
     if calib.method == "percentile":

@@ -1,4 +1,11 @@
-"""Export-time constraints between fix positions (SPEC 2.3), applied to a QuantTable."""
+"""Export-time constraints between fix positions (SPEC 2.3), applied to a QuantTable.
+
+First, from the last node to the first, the config's `change_concat_input_fix` / `change_pool_input_fix`
+give the inputs of each concat / pooling op (max, average, adaptive average) the fix position of its output
+(as the original does). Then, from the first node on, the DPU's relations between fix positions. Like the
+original, nothing is adjusted when the config has float data types; points without a fix position (float
+steps) are left alone.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ log = logging.getLogger("pytorch_nndct")
 
 _CONV_LIKE = frozenset({*CONV_OPS, Op.LINEAR})
 _SAME_AS_INPUT = frozenset({Op.PAD, Op.SLICE})
+_POOLS = frozenset({Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D})
 
 
 def _key_of(plan: QuantPlan, node: Node) -> str | None:
@@ -62,9 +70,25 @@ def _conv_like(adj: _Adjuster, plan: QuantPlan, node: Node) -> None:
         adj.set(w_key, fp_b - fp_i + 16, f"shift_bias of {node.name} > 16")
 
 
+def _inputs_take_output_fp(adj: _Adjuster, plan: QuantPlan, node: Node) -> None:
+    o_key = _key_of(plan, node)
+    fp_o = adj.get(o_key)
+    if fp_o is None:
+        return
+    for src in node.inputs:
+        i_key = _key_of(plan, src)
+        if i_key is not None and i_key != o_key and adj.get(i_key) is not None:
+            adj.set(i_key, fp_o, f"{node.op.value} {node.name}: its inputs take its output's fp (config)")
+
+
 def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable) -> list[str]:
     """Adjust `table` in place so the DPU can run it; returns one line per change (also logged)."""
     adj = _Adjuster(table)
+    if not plan.only_int:
+        return adj.changes
+    for node in reversed(graph.nodes):
+        if (node.op is Op.CAT and plan.change_concat_input_fix) or (node.op in _POOLS and plan.change_pool_input_fix):
+            _inputs_take_output_fp(adj, plan, node)
     for node in graph.nodes:
         if node.op in _CONV_LIKE:
             _conv_like(adj, plan, node)

@@ -4,9 +4,12 @@ A generated module's submodules call `self.nndct_out(value)` on their output and
 `self.nndct_param(name, tensor)` on their parameters when those hooks are set; `attach` sets them from a
 QuantPlan. The points share one `QuantState`, whose mode decides what they do:
 - FLOAT: nothing;
-- CALIB: find this batch's fix position, keep the mode over batches, and fake-quantize with the current
-  value so later layers see quantized inputs;
+- CALIB: find this batch's fix position (or float step), keep the statistic over batches, and fake-quantize
+  with the current value so later layers see quantized inputs;
 - TEST: fake-quantize with the loaded (or calibrated) value.
+Points of a float data type round to it in both modes; parameters whose grid comes from the tensor itself
+(float steps, per-channel) compute it whenever the tensor changes. `calibrated.table_from_points` reads the
+calibrated values into a QuantTable, `calibrated.load_table` sets them from one.
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ from ..ir.ops import CONV_OPS, Op
 from . import kernels
 from .bias_corr import BiasCorrector, LayerCorrection
 from .dpu import DPU_FUNCTIONS
-from .observers import FixPosObserver
+from .observers import FixPosObserver, ScaleObserver
 from .plan import QuantPlan
-from .primitives import calibrate, fake_quantize, float_scales, int32_bias, quantize, value_range
+from .primitives import calibrate, fake_cast, fake_quantize, int32_bias, quantize, value_range
+from .scales import batch_scale, param_grid, quantize_param
 from .spec import CalibSpec, QuantSpec
 
-__all__ = ["ActPoint", "Mode", "ParamQuant", "QuantState", "attach", "attach_bias_correction"]
+__all__ = [
+    "ActPoint",
+    "Mode",
+    "ParamQuant",
+    "QuantState",
+    "attach",
+    "attach_bias_correction",
+]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -48,6 +59,7 @@ class QuantState:
 
     mode: Mode = Mode.FLOAT
     warned: set[str] = field(default_factory=set)
+    calibrated: bool = False  # a point saw a calibration batch
 
     def warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self.warned:
@@ -63,9 +75,31 @@ class ActPoint:
         self.spec = spec
         self.state = state
         self.calib = calib or CalibSpec()
-        self.observer = FixPosObserver(self.calib.statistic)
+        self.observer: FixPosObserver | ScaleObserver = (
+            ScaleObserver(self.calib.statistic)
+            if spec.is_int and spec.float_scale
+            else FixPosObserver(self.calib.statistic)
+        )
         self.fix_pos: int | None = None  # loaded or exported value (test mode)
+        self.scale: tuple[float, int] | None = None  # float steps: loaded (step, zero point) (test mode)
         self.fused_clamp: tuple[float, float] | None = None  # a ReLU/ReLU6 this point applies itself
+
+    def use_observed(self) -> None:
+        """Take the calibration statistic so far as the test-mode value (fix position or float step)."""
+        if self.spec.is_int and self.spec.float_scale:
+            self.scale = self.observer.value
+        elif self.spec.is_int:
+            self.fix_pos = self.observer.value
+
+    def step(self) -> float | None:
+        """The step of this point's integer grid in the current mode (None: float type or not calibrated)."""
+        if not self.spec.is_int:
+            return None
+        if self.spec.float_scale:
+            value = self.scale if self.state.mode is Mode.TEST else self.observer.value
+            return None if value is None else value[0]
+        fp = self.fix_pos if self.state.mode is Mode.TEST else self.observer.value
+        return None if fp is None else math.ldexp(1.0, -fp)
 
     def fused_bounds(self, fix_pos: int) -> tuple[int, int] | None:
         """Integer bounds that apply `fused_clamp` exactly inside the fake-quantization, or None."""
@@ -80,6 +114,12 @@ class ActPoint:
         mode = self.state.mode
         if mode is Mode.FLOAT or not x.is_floating_point():
             return x
+        if mode is Mode.CALIB:
+            self.state.calibrated = True
+        if not self.spec.is_int or self.spec.float_scale:
+            if self.fused_clamp is not None:  # in calibration the module left its ReLU to this point
+                x = x.clamp(*self.fused_clamp)
+            return fake_cast(x, self.spec.dtype) if not self.spec.is_int else self._float_step(x)
         if mode is Mode.CALIB:
             clamp = self.fused_clamp
             if clamp is not None and self.calib.method not in _CLAMP_AWARE_METHODS:
@@ -110,6 +150,20 @@ class ActPoint:
                 return self._clamped_fake_quantize(x, current)
         return kernels.fake_quantize(x, self.spec.with_fix_pos(current))
 
+    def _float_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Float steps: observe this batch's (step, zero point) in calibration; fake-quantize with the current
+        statistic (calibration) or the loaded value (test)."""
+        if self.state.mode is Mode.CALIB:
+            lo, hi = value_range(x)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
+                return x
+            self.observer.observe(*batch_scale(x, self.spec, self.calib, (lo, hi)))
+            value = self.observer.value
+        else:
+            value = self.scale
+        return x if value is None else fake_quantize(x, self.spec, *value)
+
     def _clamped_fake_quantize(self, x: torch.Tensor, fix_pos: int) -> torch.Tensor:
         """fake_quantize(clamp(x)) for the fused ReLU/ReLU6: in one pass where its bounds are on the grid."""
         bounds = self.fused_bounds(fix_pos)
@@ -136,9 +190,9 @@ class ParamQuant:
         self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
         self.overrides: dict[str, torch.Tensor] = {}  # attribute name -> fast-finetuned value (used when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
-        # float-scale weights: the bias goes on the grid input scale x channel weight scale, as an int32
-        # bias does in integer kernels (onnxruntime); `input_fp` gives the input point's fix position
-        self.input_fp: Callable[[], int | None] | None = None
+        # float-scale weights: the bias goes on the grid input step x channel weight scale, as an int32
+        # bias does in integer kernels (onnxruntime); `input_step` gives the input point's step
+        self.input_step: Callable[[], float | None] | None = None
         self._weight: torch.Tensor | None = None  # this call's weight (before quantization)
         self._int_weights: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # stamp, integers, scales
         self._int_bias: torch.Tensor | None = None  # this call's bias divided by the channel scales
@@ -152,32 +206,35 @@ class ParamQuant:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
         out = self._quantized(attr, tensor)
-        if self.input_fp is None:
+        if self.input_step is None:
             return out
         if attr == "weight":
             self._weight = self.overrides.get("weight", tensor).detach()
             self._int_bias = None
-        elif attr == "bias" and (fp_x := self.input_fp()) is not None and self._weight is not None:
-            q32, step = int32_bias(out, self._integer_weights()[1], fp_x)
-            self._int_bias = (q32 * math.ldexp(1.0, -fp_x)).to(out.dtype)
+        elif attr == "bias" and (step_x := self.input_step()) is not None and self._weight is not None:
+            q32, step = int32_bias(out, self._integer_weights()[1], step_x)
+            self._int_bias = (q32 * step_x).to(out.dtype)
             out = (q32 * step).to(out.dtype)
         return out
 
     def _integer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This call's float-scale weight as (integers, channel scales), cached while it is unchanged."""
+        """This call's float-scale weight as (integers minus zero point, channel scales), cached while it is
+        unchanged."""
         w, spec = self._weight, self.specs["weight"]
         stamp = (w.data_ptr(), w._version, w.device)
         if self._int_weights is None or self._int_weights[0] != stamp:
-            self._int_weights = (stamp, quantize(w, spec), float_scales(w, spec).reshape(-1))
+            scale, zero_point = param_grid(w, spec, self.calibs["weight"])
+            q = quantize(w, spec, scale, zero_point) - zero_point.to(w.device, w.dtype)
+            self._int_weights = (stamp, q, scale.to(w.device).reshape(-1))
         return self._int_weights[1], self._int_weights[2]
 
     def integer_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """Float-scale weights, once this call's weight and bias went through: (integer weights, channel
-        scales, bias / channel scale). conv(x, q, b / s) * s accumulates exactly on the input's power-of-two
-        grid and rounds once, as an integer kernel does; conv(x, q * s, b) would round every product."""
-        if self.state.mode is Mode.FLOAT or self.input_fp is None or self._weight is None:
+        scales, bias / channel scale). conv(x, q, b / s) * s accumulates on the input's grid and rounds once,
+        as an integer kernel does; conv(x, q * s, b) would round every product."""
+        if self.state.mode is Mode.FLOAT or self.input_step is None or self._weight is None:
             return None
-        if self.input_fp() is None:
+        if self.input_step() is None:
             return None
         q, s = self._integer_weights()
         return q, s.to(q.dtype), self._int_bias
@@ -194,7 +251,9 @@ class ParamQuant:
             stamp += (id(corr_value), corr_value._version)
             tensor = tensor + corr_value.to(tensor.device, tensor.dtype)
         recalibrate = corr_value is not None and self.state.mode is Mode.CALIB  # the bias moves with its correction
-        if (spec.fix_pos is None and not spec.float_scale) or recalibrate:
+        if not spec.is_int or spec.derived:
+            return self._derived(attr, tensor, stamp)
+        if spec.fix_pos is None or recalibrate:
             if self.state.mode is not Mode.CALIB:
                 return tensor
             spec = spec.with_fix_pos(calibrate(tensor.detach(), spec, self.calibs[attr]))
@@ -209,10 +268,22 @@ class ParamQuant:
         self._cache[attr] = (stamp, out)
         return out
 
+    def _derived(self, attr: str, tensor: torch.Tensor, stamp: tuple) -> torch.Tensor:
+        """A float data type, or a grid computed from the tensor itself (the same in every mode)."""
+        spec = self.specs[attr]
+        if torch.is_grad_enabled() and tensor.requires_grad:
+            return _ste(tensor, spec, self.calibs[attr])
+        cached = self._cache.get(attr)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        out = quantize_param(tensor.detach(), spec, self.calibs[attr])
+        self._cache[attr] = (stamp, out)
+        return out
 
-def _ste(tensor: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+
+def _ste(tensor: torch.Tensor, spec: QuantSpec, calib: CalibSpec | None = None) -> torch.Tensor:
     """Fake-quantize with a straight-through gradient, so the quantized model can still be trained."""
-    return tensor + (fake_quantize(tensor.detach(), spec) - tensor.detach())
+    return tensor + (quantize_param(tensor.detach(), spec, calib or CalibSpec()) - tensor.detach())
 
 
 def _dpu_wrapper(state: QuantState, float_fn: Callable, dpu_fn: Callable) -> Callable:
@@ -220,10 +291,6 @@ def _dpu_wrapper(state: QuantState, float_fn: Callable, dpu_fn: Callable) -> Cal
         return float_fn(*args, **kwargs) if state.mode is Mode.FLOAT else dpu_fn(*args, **kwargs)
 
     return run
-
-
-def _input_fp(state: QuantState, point: ActPoint) -> Callable[[], int | None]:
-    return lambda: point.fix_pos if state.mode is Mode.TEST else point.observer.value
 
 
 _FUSED_CLAMPS = {Op.RELU: (0.0, math.inf), Op.RELU6: (0.0, 6.0)}
@@ -273,8 +340,9 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
         w_key = node.params.get("weight")
         pq, x_key = points.get(w_key), plan.tensor_point.get(node.inputs[0].name) if node.inputs else None
         x_point = points.get(x_key) if x_key is not None else None
-        if isinstance(pq, ParamQuant) and pq.specs["weight"].float_scale and isinstance(x_point, ActPoint):
-            pq.input_fp = _input_fp(state, x_point)
+        w_spec = pq.specs["weight"] if isinstance(pq, ParamQuant) else None
+        if w_spec is not None and w_spec.is_int and w_spec.float_scale and isinstance(x_point, ActPoint):
+            pq.input_step = x_point.step
             sub = getattr(model, f"module_{index[node.name]}", None)
             if sub is not None and hasattr(sub, "nndct_int"):
                 sub.nndct_int = pq.integer_view
