@@ -193,6 +193,11 @@ def test_export_options_and_defaults(tmp_path, caplog):
     assert "only quantization-aware training has a deployable model" in caplog.text
     assert "deprecated" in caplog.text and (tmp_path / "ts" / "DigitsNet_int.pt").exists()
     load_vai_ops()  # nothing to register: our ONNX is standard Q/DQ
+    import onnx
+
+    opsets = [onnx.load(test.export_onnx_model(tmp_path / f"o{v}", opset_version=v)).opset_import[0].version
+              for v in (13, -1)]  # fmt: skip
+    assert opsets == [13, 17]  # -1: the original's "latest stable", our default
 
 
 class LeakyBetween(nn.Module):

@@ -73,7 +73,7 @@ def test_shipped_config_runs_end_to_end(name, arch, tmp_path):
         f"{100 * report.end_equal:.1f}% equal"
     )
     if name == "gemm88_config":  # float32 everywhere but Linear's weights (int8, power of two) and inputs
-        assert report.points == 0 and "int8" in {i.name.rsplit("_", 1)[-1] for i in proto.graph.initializer}
+        assert report.points == 0 and "uint8" in {i.name.rsplit("_", 1)[-1] for i in proto.graph.initializer}
     else:
         assert report.points > 0
     assert report.worst_lsb <= 1, report.unequal  # every integer point, from the same inputs

@@ -390,7 +390,8 @@ class torch_quantizer(QuantSession):
                 "export_onnx_model(dynamic_batch=True): the model was captured with a fixed batch size, so the ONNX "
                 "batch axis cannot be dynamic. Fix: see the capture warning for the line that fixes the batch."
             )
-        model = build_onnx(graph, self.plan, self.table)
+        opset = None if opset_version == -1 else opset_version  # -1: the original's "latest stable"
+        model = build_onnx(graph, self.plan, self.table, opset=opset)  # None: the config's, else 17
         if opt_graph:
             model = simplify_onnx(model)
         if verbose:

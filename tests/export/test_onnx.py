@@ -29,8 +29,9 @@ def _compare(case, quantizer, example):
     proto = onnx.load(str(path))
     types = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
-    int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
-    assert int8_weights, "weights should be stored as int8"
+    u8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) >= 2]
+    assert u8_weights, "weights should be stored as 8-bit integers (uint8 + 128: U8U8 kernels, exact on any x86)"
+    assert not [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
     dangling = [o for n in proto.graph.node for o in n.output if o not in used]
     assert not dangling, f"outputs nothing reads (onnxruntime still runs them): {dangling[:5]}"

@@ -197,6 +197,8 @@ def parse_config(doc: Any, bitwidth_w: int = 8, bitwidth_a: int = 8, where: str 
         )
     flags = _flags(doc, where)
     opset = doc.get("onnx_opset_version")
+    if opset == -1 and not isinstance(opset, bool):  # the original's "latest stable": our default opset
+        opset = None
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET):
         raise ConfigError(
             f"{where}: onnx_opset_version {opset!r}: the ONNX export needs an integer opset of {MIN_OPSET} or newer. "
