@@ -9,9 +9,10 @@ Activation and input points (QuantizeLinear -> DequantizeLinear, `point`):
   (exact below 2^24; Round ties to even like QuantizeLinear).
 - bfloat16 / float16: Cast to the type and back to float; float32: nothing.
 Parameters (`weight`): uint8 initializers (signed symmetric 8-bit weights stored as q + 128 with zero point
-128; unsigned or asymmetric as they are) or int32 (wider), followed by DequantizeLinear, per axis for per-channel grids; float data types as the
-rounded values followed by a Cast pair. Biases (`bias`) are int32 on the grid input step x weight step where
-the layer's weights and input are integer grids, so onnxruntime can fuse conv / matmul into integer kernels.
+128; unsigned or asymmetric as they are) or int32 (wider), followed by DequantizeLinear, per axis for
+per-channel grids; float data types as the rounded values followed by a Cast pair. Biases (`bias`) are
+int32 on the grid input step x weight step where the layer's weights and input are integer grids, so
+onnxruntime can fuse conv / matmul into integer kernels.
 
 Why uint8 weights: with uint8 activations and int8 weights onnxruntime picks its U8S8 kernels, which on x86
 CPUs without VNNI (AVX2 only, e.g. AMD Zen 2/3) add pairs of u8 x s8 products in int16 with saturation: 20 to
