@@ -31,10 +31,13 @@ WIDE_BATCH = 2
 
 
 def batch_of(args: tuple) -> int | None:
-    """The first dimension of the first tensor input (the example's batch size), None without one."""
+    """The first dimension of the first tensor input (the example's batch size); None when that tensor is not
+    batched (a scalar, or a one-dimensional tensor of one element)."""
     leaves, _ = torch.utils._pytree.tree_flatten(args)
     first = next((v for v in leaves if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if first is not None and first.dim() > 0 else None
+    if first is None or first.dim() == 0:
+        return None
+    return int(first.shape[0]) if is_batched(first, int(first.shape[0])) else None
 
 
 def is_batched(t: torch.Tensor, batch: int | None) -> bool:
