@@ -11,7 +11,7 @@ from torch import nn
 
 import pytorch_nndct as nd
 from helpers import assert_float_equivalent, flat_tensors
-from pytorch_nndct.ir.batch import batch_of, is_batched, mismatch, widen
+from pytorch_nndct.ir.batch import batch_of, divergence, is_batched, mismatch, widen
 
 
 class ViewBySize(nn.Module):
@@ -110,7 +110,7 @@ class FixedReshape(nn.Module):
 class BatchOneBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.size(0) == 1:
-            return x.squeeze(0) * 2
+            return x.squeeze(0) * 2  # batch 1 only
         return x
 
 
@@ -208,8 +208,9 @@ def test_branch_on_batch_one_keeps_batch_one(tmp_path, caplog):
     x = torch.randn(1, 3, 4)
     with caplog.at_level(logging.WARNING, logger="pytorch_nndct"):
         graph, loaded = _regenerate(model, x, tmp_path)
-    assert "does not reproduce the model on the batch-1 example" in caplog.text
+    assert "does not reproduce the model at batch 1" in caplog.text
     assert "(1, 3, 4) torch.float32, not (3, 4) torch.float32" in caplog.text
+    assert f"takes another path at batch 1 from {__file__}:{_line('batch 1 only')}" in caplog.text
     assert graph.inputs[0].meta.shape[0] == 1
     assert_float_equivalent(model(x), loaded(x))
 
@@ -252,3 +253,9 @@ def test_mismatch_names_what_differs():
     assert "differs" in mismatch(torch.tensor([float("nan")]), torch.tensor([0.0]))
     assert "returns" in mismatch((a,), [a]) and "output 1 is 2, not 1" in mismatch((a, 1), (a, 2))
     assert mismatch(torch.arange(3), torch.arange(3) + 1) == "output 0 has other values"
+
+
+def test_divergence_names_the_first_line_that_differs():
+    x = torch.randn(1, 3, 6, 6)
+    assert divergence(ViewBySize().eval(), (x,)) == ""  # the same operations at batch 1 and 2
+    assert divergence(BatchOneBranch(), (x,)) == f"{__file__}:{_line('batch 1 only')}"

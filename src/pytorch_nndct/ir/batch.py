@@ -15,17 +15,22 @@ it must also have two or more dimensions, so a shape-[1] scalar tensor is left a
 next to a `[1, 3, H, W]` image is therefore taken as batched, as it would be at batch 2 or more. Where
 the model's code does fix the batch (`x.reshape(1, 512)`, a `view(1, -1)` feeding a layer of fixed
 width, `if x.size(0) == 1:`), the widened capture fails or gives other results, and the front end keeps
-the example's batch of 1 with a warning naming the line.
+the example's batch of 1 with a warning naming the line: where the widened forward fails, or where the
+eager forward first calls other operations at batch 1 than at batch 2 (`divergence`).
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import torch
 from torch.export import Dim
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["WIDE_BATCH", "batch_of", "dynamic_shapes", "is_batched", "mismatch", "widen"]
+from .fx_import import user_frame
+
+__all__ = ["WIDE_BATCH", "batch_of", "divergence", "dynamic_shapes", "is_batched", "mismatch", "widen"]
 
 WIDE_BATCH = 2
 
@@ -110,3 +115,34 @@ def mismatch(reference: Any, result: Any) -> str | None:
             worst = (r - o).abs().nan_to_num(nan=float("inf")).max().item()
             return f"output {k} differs by up to {worst:.3g}"
     return None
+
+
+class _Calls(TorchDispatchMode):
+    """Records each ATen call of one eager forward with the user's line that made it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.calls.append((str(func), user_frame(traceback.extract_stack())))
+        return func(*args, **(kwargs or {}))
+
+
+def divergence(module: torch.nn.Module, args: tuple) -> str:
+    """Where the eager forward on `args` (batch 1) first runs other operations than on `widen(args)`: the user's
+    line ('file:line') of the first call that differs, '' when the two runs call the same operations."""
+    runs = []
+    for inputs in (args, widen(args, 1)):
+        rec = _Calls()
+        try:
+            with torch.no_grad(), rec:
+                module(*inputs)
+        except Exception:  # a forward that fails at batch 2 stops the record where it failed
+            pass
+        runs.append(rec.calls)
+    one, two = runs
+    for (op1, line1), (op2, line2) in zip(one, two):
+        if op1 != op2 or line1 != line2:
+            return line1 or line2
+    return one[len(two)][1] if len(one) > len(two) else (two[len(one)][1] if len(two) > len(one) else "")

@@ -24,7 +24,7 @@ import torch
 import torch.fx
 
 from ..errors import CaptureError, InputError
-from .batch import WIDE_BATCH, batch_of, dynamic_shapes, mismatch, widen
+from .batch import WIDE_BATCH, batch_of, divergence, dynamic_shapes, mismatch, widen
 from .concrete import concrete_trace
 from .fx_import import FxSource, import_fx, user_frame
 from .graph import Graph, InputSpec, Ref
@@ -195,19 +195,18 @@ def _export_wide(module: torch.nn.Module, args: tuple, reference: Any) -> tuple[
         detail = re.sub(r"\bs\d+\b", "B", _short(exc)).rstrip(".")  # torch names the batch s77 or the like
         return None, f"at batch {WIDE_BATCH} its forward fails{' at ' + where if where else ''} ({detail})"
     if _batch_symbol(ep) is None:
-        return None, f"torch.export fixes the batch size at {WIDE_BATCH}"
-    try:
-        with torch.no_grad():
-            result = ep.module()(*args)
-    except Exception as exc:
-        return None, f"the graph captured at batch {WIDE_BATCH} fails on the batch-1 example ({_short(exc)})"
-    why = mismatch(reference, result)
-    if why:
-        return None, (
-            f"the graph captured at batch {WIDE_BATCH} does not reproduce the model on the batch-1 example ({why}), "
-            "so its code treats batch 1 specially"
-        )
-    return ep, ""
+        why = f"torch.export fixes the batch size at {WIDE_BATCH}"
+    else:
+        try:
+            with torch.no_grad():
+                differs = mismatch(reference, ep.module()(*args))
+        except Exception as exc:
+            differs = f"it fails: {_short(exc)}"
+        if differs is None:
+            return ep, ""
+        why = f"the graph captured at batch {WIDE_BATCH} does not reproduce the model at batch 1 ({differs})"
+    where = divergence(module, args)
+    return None, why + (f"; its code takes another path at batch 1 from {where}" if where else "")
 
 
 def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: str, reference: Any) -> Graph:
