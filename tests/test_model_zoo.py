@@ -6,13 +6,23 @@ runs in benchmarks/model_zoo.py; this test covers the required subset.
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import torchvision
 
 import pytorch_nndct as nd
 from helpers import REGEN_SQNR_DB, prepare_model, sqnr_db
+from pytorch_nndct.apis import torch_quantizer
 from pytorch_nndct.ir.ops import CONV_OPS, Op
+
+ONNX_CONFIG = {
+    "target_device": "CPU",
+    "tensor_quantize_config": {"input": {"round_mode": "half_even"}, "activation": {"round_mode": "half_even"}},
+}
 
 MODELS = [
     "resnet18",
@@ -48,3 +58,58 @@ def test_regenerated_model_matches_float(name, tmp_path):
             assert out.shape == ref.shape
             db = sqnr_db(ref, out)
             assert db > REGEN_SQNR_DB, f"{name} at batch {batch}: SQNR {db:.1f} dB"
+
+
+# Captured from a batch-1 example (as most users write it), the regenerated model runs at batch 3. Small images keep
+# the test short (vit_b_32 is built for 64x64). swin_v2_t and maxvit_t (224x224 only) take a minute or more each
+# here: they run in benchmarks/model_zoo.py --batch1 with the other torchvision classifiers.
+BATCH1 = {
+    "shufflenet_v2_x0_5": (64, {}),
+    "mobilenet_v3_small": (64, {}),
+    "squeezenet1_1": (64, {}),
+    "vit_b_32": (64, {"image_size": 64}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BATCH1))
+def test_captured_from_batch_one_runs_at_batch_three(name, tmp_path):
+    side, kwargs = BATCH1[name]
+    size = (3, side, side)
+    model = prepare_model(torchvision.models.get_model(name, **kwargs), size)
+    graph = nd.optimize(nd.trace(model, torch.randn(1, *size)))
+    assert graph.inputs[0].meta.shape[0] == "B"
+    loaded = nd.load_module(nd.write_module(graph, tmp_path))
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = torch.randn(batch, *size)
+            ref, out = model(x), loaded(x)
+            assert out.shape == ref.shape
+            db = sqnr_db(ref, out)
+            assert db > REGEN_SQNR_DB, f"{name} at batch {batch}: SQNR {db:.1f} dB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet1_1"])
+def test_onnx_export_from_batch_one_runs_at_batch_three(name, tmp_path):
+    config = tmp_path / "onnx_config.json"
+    config.write_text(json.dumps(ONNX_CONFIG))
+    size = (3, 64, 64)
+    model = prepare_model(torchvision.models.get_model(name), size)
+    kwargs = {"output_dir": tmp_path, "quant_config_file": config}
+    calib = torch_quantizer("calib", model, (torch.randn(1, *size),), **kwargs)
+    with torch.no_grad():
+        calib.quant_model(torch.randn(3, *size))
+    calib.export_quant_config()
+    test = torch_quantizer("test", model, (torch.randn(1, *size),), **kwargs)
+    x = torch.randn(3, *size)
+    with torch.no_grad():
+        simulated = test.quant_model(x).numpy()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # no fused integer kernels
+    session = ort.InferenceSession(str(test.export_onnx_model()), options, providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert out.shape == simulated.shape == (3, 1000)
+    fp = test.table.outputs[test.plan.tensor_point[test.graph.output_nodes[0].name]].fix_pos
+    lsb = np.abs(out - simulated).max() * 2.0**fp
+    assert lsb <= 1, f"{name}: onnxruntime differs from the simulation by {lsb} LSB"

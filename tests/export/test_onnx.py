@@ -102,3 +102,46 @@ def test_onnx_export_errors(tmp_path):
     quantizer = _quantize(gelu, x, [x], tmp_path / "gelu")
     with pytest.raises(NndctError, match=r"gelu_2.*no ONNX lowering yet"):
         quantizer.export_onnx_model()
+
+
+class ShuffleHead(torch.nn.Module):
+    """conv, channel shuffle on the batch (view(n, 2, c // 2, h, w)), conv, pooling, flatten by x.size(0), linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.mix(y)), 1)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_calibrated_from_batch_one_runs_at_batch_four(tmp_path):
+    """The usual batch-1 example keeps the ONNX batch axis dynamic: onnxruntime runs a batch of 4, each sample as
+    it runs alone, equal to the simulation."""
+    config = tmp_path / "onnx_config.json"
+    config.write_text(json.dumps(ONNX_CONFIG))
+    torch.manual_seed(0)
+    model = ShuffleHead().eval()
+    quantizer = _quantize(model, torch.randn(1, 3, 8, 8), [torch.randn(8, 3, 8, 8)], tmp_path, quant_config_file=config)
+    path = quantizer.export_onnx_model()
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    options = ort.SessionOptions()
+    # onnxruntime's extended optimizations fuse Q/DQ pairs into integer kernels that requantize their own way
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        simulated = quantizer.quant_model(x).numpy()
+    name = session.get_inputs()[0].name
+    out = session.run(None, {name: x.numpy()})[0]
+    alone = np.concatenate([session.run(None, {name: x[k : k + 1].numpy()})[0] for k in range(4)])
+    assert out.shape == simulated.shape == (4, 5)
+    fp = quantizer.table.outputs[quantizer.plan.tensor_point[quantizer.graph.output_nodes[0].name]].fix_pos
+    assert np.abs(out - alone).max() * 2.0**fp <= 1
+    assert np.abs(out - simulated).max() * 2.0**fp <= 1

@@ -223,9 +223,28 @@ def test_dump_xmodel_uses_the_last_quantizer(tmp_path):
     assert path.exists() and path.parent.name == "x"
 
 
-def test_fixed_batch_graph_refuses_another_batch(tmp_path):
+class FixedBatchHead(nn.Module):
+    """A classifier whose code fixes the batch at 1: `view(1, -1)` feeds a layer of fixed width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, stride=2)
+        self.fc = nn.Linear(4 * 7 * 7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(1, -1))
+
+
+def test_batch_one_example_exports_at_any_batch(tmp_path):
     model, data = model_and_data()
-    quantizer = _quantize(model, data[:1], [data[:1]], tmp_path)
+    quantizer = _quantize(model, data[:1], [data[:4]], tmp_path)
+    check_xmodel(quantizer.export_xmodel(tmp_path / "b4", batch_size=4).read_bytes(), 4)
+
+
+def test_fixed_batch_graph_refuses_another_batch(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16)
+    quantizer = _quantize(FixedBatchHead().eval(), x, [x], tmp_path)
     assert quantizer.export_xmodel(tmp_path).exists()
     with pytest.raises(NndctError, match=r"batch size fixed at 1.*batch_size=1"):
         quantizer.export_xmodel(tmp_path, batch_size=4)

@@ -516,8 +516,8 @@ def lower(graph: Graph, plan: QuantPlan, table: QuantTable, batch: int | None = 
     if fixed is not None and batch != fixed:
         raise NndctError(
             f"{graph.name} was captured with its batch size fixed at {fixed}, so it cannot be exported at batch "
-            f"size {batch}. Fix: export with batch_size={fixed}, or create the quantizer with example inputs of "
-            "batch size 2 or more so the batch stays symbolic."
+            f"size {batch}. Fix: export with batch_size={fixed}, or make the model's code follow the batch (the "
+            "warning given at capture names the line that fixes it)."
         )
     return _Lowering(graph, plan, table, batch).run()
 

@@ -1,15 +1,20 @@
 """The front end: capture an nn.Module into our Graph.
 
 First choice is torch.export (non-strict) with a dynamic batch dimension, which gives a graph whose
-reshapes follow the batch size. Where export refuses the model because of Python control flow that
-depends on tensor values (`if x.mean() > 0:`), we fall back to a concrete trace on the real example
-inputs, like torch.jit.trace: the branch taken is baked in and a warning says where.
+reshapes follow the batch size. An example of batch 1 (the usual `torch.randn(1, 3, 224, 224)`) is
+exported widened to batch 2 and checked against the eager model on the real example, because torch.export
+fixes any dimension of size 1 (ir/batch.py says why and which inputs count as batched); only a model whose
+code fixes the batch keeps batch 1, with a warning naming the line. Where export refuses the model because
+of Python control flow that depends on tensor values (`if x.mean() > 0:`), we fall back to a concrete trace
+on the real example inputs, like torch.jit.trace: the branch taken and the example's batch size are baked
+in, and a warning says where.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import traceback
 import warnings
 from collections import Counter
@@ -17,9 +22,9 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch.export import Dim
 
 from ..errors import CaptureError, InputError
+from .batch import WIDE_BATCH, batch_of, divergence, dynamic_shapes, mismatch, widen
 from .concrete import concrete_trace
 from .fx_import import FxSource, import_fx, user_frame
 from .graph import Graph, InputSpec, Ref
@@ -120,25 +125,32 @@ def _check_outputs(value: Any) -> None:
             )
 
 
-def _dynamic_shapes(args: tuple, batch: int | None) -> Any:
-    def spec(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return {0: Dim.AUTO} if v.dim() > 0 and v.shape[0] == batch else None
-        if isinstance(v, list | tuple):
-            return type(v)(spec(x) for x in v)
-        if isinstance(v, dict):
-            return {k: spec(x) for k, x in v.items()}
-        return None
-
-    return tuple(spec(a) for a in args)
-
-
-def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: str) -> Graph:
-    tensors = _flat_tensors(args)
-    batch = tensors[0].shape[0] if tensors and tensors[0].dim() > 0 else None
+def _export_program(module: torch.nn.Module, args: tuple, dynamic: bool) -> torch.export.ExportedProgram:
+    shapes = dynamic_shapes(args, batch_of(args)) if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(module, args, dynamic_shapes=_dynamic_shapes(args, batch), strict=False)
+        return torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
+
+
+def _first_input(ep: torch.export.ExportedProgram) -> Any:
+    """The example value of the first tensor user input of an exported program (None without one)."""
+    names = [
+        s.arg.name
+        for s in ep.graph_signature.input_specs
+        if s.kind.name == "USER_INPUT" and type(s.arg).__name__ == "TensorArgument"
+    ]
+    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and names and n.name == names[0]), None)
+    return node.meta.get("val") if node is not None else None
+
+
+def _batch_symbol(ep: torch.export.ExportedProgram) -> str | None:
+    first = _first_input(ep)
+    if isinstance(first, torch.Tensor) and first.dim() > 0 and not isinstance(first.shape[0], int):
+        return str(first.shape[0])
+    return None
+
+
+def _import(ep: torch.export.ExportedProgram, specs: list[InputSpec], name: str) -> Graph:
     sig = ep.graph_signature
     param_of: dict[str, str] = {}
     params: dict[str, torch.Tensor] = {}
@@ -154,12 +166,7 @@ def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: 
         if isinstance(value, torch.Tensor):
             param_of[spec.arg.name] = target
             params[target] = value.detach()
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    batch_syms = set()
-    if user_inputs:
-        first = placeholders[user_inputs[0]].meta.get("val")
-        if isinstance(first, torch.Tensor) and first.dim() > 0 and not isinstance(first.shape[0], int):
-            batch_syms.add(str(first.shape[0]))
+    symbol = _batch_symbol(ep)
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     flat_out = list(out_node.args[0])
     out_template = torch.utils._pytree.tree_unflatten([Ref(i) for i in range(len(flat_out))], ep.call_spec.out_spec)
@@ -172,34 +179,76 @@ def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: 
         user_inputs=user_inputs,
         output=out_template,
         output_values=flat_out,
-        batch_symbols=batch_syms,
+        batch_symbols={symbol} if symbol else set(),
     )
-    graph = import_fx(src)
-    if batch is not None and not batch_syms:
-        log.warning(
-            "pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
-            "generated model accepts only that batch size.",
-            batch,
-            name,
-        )
+    return import_fx(src)
+
+
+def _export_wide(module: torch.nn.Module, args: tuple, reference: Any) -> tuple[Any, str]:
+    """Export a batch-1 example widened to batch 2 (see ir/batch.py); (program, "") or (None, why not)."""
+    try:
+        ep = _export_program(module, widen(args, 1), dynamic=True)
+    except Exception as exc:
+        if _is_data_dependent(exc, strict=True):
+            raise  # the export at batch 1 fails the same way: the concrete fallback takes over
+        where = user_frame(traceback.extract_tb(exc.__traceback__))
+        detail = re.sub(r"\bs\d+\b", "B", _short(exc)).rstrip(".")  # torch names the batch s77 or the like
+        return None, f"at batch {WIDE_BATCH} its forward fails{' at ' + where if where else ''} ({detail})"
+    if _batch_symbol(ep) is None:
+        why = f"torch.export fixes the batch size at {WIDE_BATCH}"
+    else:
+        try:
+            program = ep.module(check_guards=False)
+            program.validate_inputs = False  # its recorded range (batch >= 2) is the 0/1 rule, not the model's
+            with torch.no_grad():
+                differs = mismatch(reference, program(*args))
+        except Exception as exc:
+            differs = f"it fails: {_short(exc)}"
+        if differs is None:
+            return ep, ""
+        why = f"the graph captured at batch {WIDE_BATCH} does not reproduce the model at batch 1 ({differs})"
+    where = divergence(module, args)
+    return None, why + (f"; its code takes another path at batch 1 from {where}" if where else "")
+
+
+def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: str, reference: Any) -> Graph:
+    batch = batch_of(args)
+    if batch != 1:
+        graph = _import(_export_program(module, args, dynamic=True), specs, name)
+        if batch is not None and not _has_batch(graph):
+            log.warning(
+                "pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
+                "generated model accepts only that batch size.",
+                batch,
+                name,
+            )
+        return graph
+    ep, why = _export_wide(module, args, reference)
+    if ep is not None:
+        return _import(ep, specs, name)
+    graph = _import(_export_program(module, args, dynamic=False), specs, name)
+    log.warning(
+        "pytorch_nndct: %s keeps the batch size of its example inputs (1): %s. The generated model accepts "
+        "only batch 1; to follow any batch, make that code read the batch from the input (x.size(0), -1).",
+        name,
+        why,
+    )
     return graph
 
 
-def _is_data_dependent(exc: BaseException) -> bool:
+def _has_batch(graph: Graph) -> bool:
+    return any(isinstance(d, str) and "B" in d for n in graph.inputs if n.meta for d in n.meta.shape[:1])
+
+
+_DATA_DEPENDENT = {"GuardOnDataDependentSymNode", "DataDependentOutputException", "DynamicOutputShapeException"}
+
+
+def _is_data_dependent(exc: BaseException, strict: bool = False) -> bool:
+    """Whether export failed on control flow or shapes that depend on tensor values (strict: surely so)."""
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(e) for e in _chain(exc))
-    return bool(
-        names
-        & {
-            "GuardOnDataDependentSymNode",
-            "UserError",
-            "DataDependentOutputException",
-            "DynamicOutputShapeException",
-            "UnsupportedOperatorException",
-        }
-        or "data-dependent" in text
-        or "data dependent" in text
-    )
+    loose = set() if strict else {"UserError", "UnsupportedOperatorException"}
+    return bool(names & (_DATA_DEPENDENT | loose) or "data-dependent" in text or "data dependent" in text)
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
@@ -233,7 +282,7 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
         _check_outputs(out)
         specs = _templates(module, args)
         try:
-            graph = _export(module, args, specs, name)
+            graph = _export(module, args, specs, name, out)
         except Exception as exc:  # torch.export refused: fall back to a concrete trace
             export_error = exc
             reason = _short(exc)
@@ -241,10 +290,11 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
             kind = "data-dependent control flow" if _is_data_dependent(exc) else "an unsupported construct"
             log.warning(
                 "pytorch_nndct: torch.export could not capture %s (%s%s); falling back to a concrete trace "
-                "on the example inputs, which bakes in every branch taken (as torch.jit.trace does). %s",
+                "on the example inputs, which bakes in every branch taken (as torch.jit.trace does)%s. %s",
                 name,
                 kind,
                 f" at {where}" if where else "",
+                "" if batch_of(args) is None else f" and fixes the batch size at {batch_of(args)}",
                 reason,
             )
             try:
