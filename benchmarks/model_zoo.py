@@ -17,6 +17,7 @@ simulation in LSBs of the output, or why it could not be exported).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -159,10 +160,17 @@ def run_batch1(names: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", help="torchvision model names (default: every classifier)")
+    parser.add_argument("--batch1", action="store_true", help="capture from a batch-1 example and export ONNX")
+    opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    batch1 = "--batch1" in argv
-    names = [a for a in argv if a != "--batch1"] or torchvision.models.list_models(module=torchvision.models)
-    if batch1:
+    known = torchvision.models.list_models(module=torchvision.models)
+    unknown = [n for n in opts.models if n not in known]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
+    names = opts.models or known
+    if opts.batch1:
         return run_batch1(names)
     print("| model | result | SQNR b=2 (dB) | SQNR b=3 (dB) | nodes | float-only ops | seconds | note |")
     print("|---|---|---|---|---|---|---|---|")
