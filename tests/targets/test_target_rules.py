@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytorch_nndct.ir.batch import at_batch
 from pytorch_nndct.ir.ops import Op
 from pytorch_nndct.ir.trace import trace
 from pytorch_nndct.passes import optimize
@@ -31,7 +32,10 @@ def test_every_op_has_a_rule_or_a_reason_for_none():
 
 @pytest.fixture(scope="module")
 def graphs():
-    return {name: optimize(trace(model.eval(), (x,))) for name, (model, x) in limit_models().items()}
+    # shapes at the example's batch, as the Inspector reports them
+    return {
+        name: at_batch(optimize(trace(model.eval(), (x,))), x.shape[0]) for name, (model, x) in limit_models().items()
+    }
 
 
 def _devices(graph, target):
@@ -105,14 +109,14 @@ EXPECTED = {
         C20B14: {"conv2d_1": ("DPU", "conv"), "conv2d_2": ("DPU", "conv"), "mul_3": ("DPU", "alu"),
                  "relu_4": ("DPU", "fused into mul_3")},
     },
-    "reshape5d": {  # feature maps are at most 4-D on every target
-        t: {"conv2d_1": ("DPU", "conv"),
-            "reshape_2": ("CPU", ("DPU supports tensors of up to 4 dimensions, but the output of reshape is 5-D "
+    "reshape5d": {  # feature maps are at most 4-D on every target (node 1 reads the batch size)
+        t: {"conv2d_2": ("DPU", "conv"),
+            "reshape_3": ("CPU", ("DPU supports tensors of up to 4 dimensions, but the output of reshape is 5-D "
                                   "[1, 2, 4, 8, 8].",)),
-            "transpose_3": ("CPU", ("DPU supports tensors of up to 4 dimensions, but the output of transpose is 5-D "
+            "transpose_4": ("CPU", ("DPU supports tensors of up to 4 dimensions, but the output of transpose is 5-D "
                                     "[1, 4, 2, 8, 8].",)),
-            "reshape_4": ("CPU", ("The input of reshape is not on DPU.",)),
-            "conv2d_5": ("DPU", "conv")} for t in TARGETS
+            "reshape_5": ("CPU", ("The input of reshape is not on DPU.",)),
+            "conv2d_6": ("DPU", "conv")} for t in TARGETS
     },
 }  # fmt: skip
 

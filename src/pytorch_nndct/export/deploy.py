@@ -7,7 +7,6 @@ unknown types with `shape` and `data_type` attributes) and is reported.
 
 from __future__ import annotations
 
-import ast
 import re
 import struct
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch
 
 from .._tables import registrar
 from ..errors import NndctError
+from ..ir.batch import evaluate_dim
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op
 from ..quant.dpu import DPU_LEAKY_SLOPE
@@ -54,21 +54,6 @@ class DeployGraph:
 _NHWC = [0, 2, 3, 1]  # physical (NHWC) dim i holds logical (NCHW) dim _NHWC[i]
 
 
-_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-          ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}  # fmt: skip
-
-
-def _evaluate(expr: ast.AST, names: dict[str, int]) -> int:
-    """Integer arithmetic on known names only (no calls, no attributes)."""
-    if isinstance(expr, ast.Constant) and isinstance(expr.value, int):
-        return expr.value
-    if isinstance(expr, ast.Name) and expr.id in names:
-        return names[expr.id]
-    if isinstance(expr, ast.BinOp) and type(expr.op) in _ARITH:
-        return _ARITH[type(expr.op)](_evaluate(expr.left, names), _evaluate(expr.right, names))
-    raise ValueError(f"cannot evaluate {ast.dump(expr)}")
-
-
 class _Lowering:
     def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, batch: int) -> None:
         self.graph, self.plan, self.table, self.batch = graph, plan, table, batch
@@ -94,7 +79,7 @@ class _Lowering:
     def concrete(self, node: Node, dim: str) -> int:
         """A symbolic dimension ('B', '12*B', ...) at this export's batch size."""
         try:
-            return _evaluate(ast.parse(dim, mode="eval").body, {"B": self.batch})
+            return evaluate_dim(dim, self.batch)
         except (SyntaxError, ValueError) as exc:
             raise NndctError(
                 f"{node.where()} has the dimension {dim!r}, which depends on more than the batch size; it cannot be "

@@ -21,6 +21,8 @@ eager forward first calls other operations at batch 1 than at batch 2 (`divergen
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import traceback
 from typing import Any
 
@@ -29,8 +31,19 @@ from torch.export import Dim
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .fx_import import user_frame
+from .graph import Graph, TensorMeta
 
-__all__ = ["WIDE_BATCH", "batch_of", "divergence", "dynamic_shapes", "is_batched", "mismatch", "widen"]
+__all__ = [
+    "WIDE_BATCH",
+    "at_batch",
+    "batch_of",
+    "divergence",
+    "dynamic_shapes",
+    "evaluate_dim",
+    "is_batched",
+    "mismatch",
+    "widen",
+]
 
 WIDE_BATCH = 2
 
@@ -146,3 +159,49 @@ def divergence(module: torch.nn.Module, args: tuple) -> str:
         if op1 != op2 or line1 != line2:
             return line1 or line2
     return one[len(two)][1] if len(one) > len(two) else (two[len(one)][1] if len(two) > len(one) else "")
+
+
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}  # fmt: skip
+
+
+def _evaluate(expr: ast.AST, names: dict[str, int]) -> int:
+    """Integer arithmetic on known names only (no calls, no attributes)."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, int):
+        return expr.value
+    if isinstance(expr, ast.Name) and expr.id in names:
+        return names[expr.id]
+    if isinstance(expr, ast.BinOp) and type(expr.op) in _ARITH:
+        return _ARITH[type(expr.op)](_evaluate(expr.left, names), _evaluate(expr.right, names))
+    raise ValueError(f"cannot evaluate {ast.dump(expr)}")
+
+
+def evaluate_dim(dim: int | str, batch: int) -> int:
+    """A symbolic dimension ('B', '12*B', ...) at this batch size; ValueError if it depends on more."""
+    if isinstance(dim, int):
+        return dim
+    try:
+        return _evaluate(ast.parse(dim, mode="eval").body, {"B": batch})
+    except SyntaxError as exc:
+        raise ValueError(f"cannot evaluate {dim!r}") from exc
+
+
+def at_batch(graph: Graph, batch: int) -> Graph:
+    """Give every tensor shape of `graph` that follows the batch its size at `batch`, in place (reports)."""
+
+    def fixed(meta: object) -> object:
+        if isinstance(meta, tuple):
+            return tuple(fixed(m) for m in meta)
+        if not isinstance(meta, TensorMeta):
+            return meta
+        dims = []
+        for d in meta.shape:
+            try:
+                dims.append(evaluate_dim(d, batch))
+            except ValueError:
+                dims.append(d)
+        return dataclasses.replace(meta, shape=tuple(dims))
+
+    for node in [*graph.inputs, *graph.nodes]:
+        node.meta = fixed(node.meta)
+    return graph

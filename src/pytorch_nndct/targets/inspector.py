@@ -23,6 +23,7 @@ import torch
 
 from ..codegen import prepare_output_dir, write_atomic, write_module
 from ..errors import InputError
+from ..ir.batch import at_batch, batch_of
 from ..ir.graph import Graph
 from ..ir.trace import trace
 from ..passes import optimize
@@ -92,8 +93,12 @@ class Inspector:
             raise InputError(f"inspect() needs the float model as a torch.nn.Module, got {type(module).__name__}.")
         out_dir = prepare_output_dir(output_dir)
         log.info("pytorch_nndct: =>Start to inspect model...")
-        graph = optimize(trace(module, _inputs_on_model_device(module, input_args)))
+        args = _inputs_on_model_device(module, input_args)
+        graph = optimize(trace(module, args))
         files = [write_module(graph, out_dir)]
+        example_batch = batch_of(args if isinstance(args, tuple) else (args,))
+        if example_batch is not None:  # report the example's shapes, as the original does
+            at_batch(graph, example_batch)
         assignments = assign_devices(graph, self.target)
         text_path = out_dir / f"inspect_{self.name}.txt"
         write_atomic({text_path: report_text(graph, assignments, self.name, self.target).encode()})
