@@ -101,7 +101,7 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
         for p in points:
             p.fix_pos, p.scale = saved[id(p)]
     for layer in quantizer.corrector.layers.values():  # re-estimated for the new weights by the calibration to come
-        layer.value, layer.batches = None, 0
+        layer.reset()
     n_kept = sum(layer.weight_key in kept for layer in layers)
     log.warning(
         "pytorch_nndct: fast finetune kept %d of %d layer(s); loss %.4g -> %.4g", n_kept, len(layers), start, best

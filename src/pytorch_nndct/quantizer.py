@@ -138,8 +138,7 @@ class QuantSession:
         f_args, f_kwargs = float_slice(args, kwargs)
         self.corrector.phase, self.state.mode = "float", Mode.FLOAT
         try:
-            with torch.no_grad():
-                module(*f_args, **f_kwargs)
+            self.corrector.reference(lambda: module(*f_args, **f_kwargs))
         finally:
             self.corrector.phase, self.state.mode = "quant", Mode.CALIB
 

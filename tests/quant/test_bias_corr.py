@@ -140,3 +140,68 @@ def test_layer_correction_matches_samples_along_the_batch_dimension():
     layer.record_float(y[:, :2] - 1.0)
     layer.update(y - 1.0)
     torch.testing.assert_close(layer.value, -torch.ones(4))
+
+
+def test_the_guard_refuses_a_shift_that_comes_from_a_few_outliers():
+    # one channel is off by +1 everywhere (a rounding shift: corrected); another is exact except for a few
+    # positions off by +40 (clipped outliers: its mean shift is 2.5, but correcting it would move every
+    # other position away, so it is refused)
+    layer = LayerCorrection("fc.bias", channel_dim=-1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        y = torch.randn(4, 16, 2, generator=g)
+        error = torch.zeros_like(y)
+        error[..., 0] = 1.0
+        error[:, ::16, 1] = 40.0  # one position in 16 of each sample
+        layer.record_float(y)
+        layer.update(y + error + (layer.value if layer.value is not None else 0.0))
+    assert layer.candidate[1] < -2.0  # the plain mean would have corrected it
+    torch.testing.assert_close(layer.value, torch.tensor([-1.0, 0.0]))
+
+
+def test_a_single_calibration_batch_is_scored_on_its_own_held_out_half():
+    layer = LayerCorrection("conv.bias", channel_dim=1)
+    y = torch.randn(8, 3, 4, 4)
+    layer.record_float(y)
+    layer.update(y + torch.tensor([0.5, 0.0, -0.5]).view(1, 3, 1, 1))
+    torch.testing.assert_close(layer.value, torch.tensor([-0.5, 0.0, 0.5]))
+
+
+class Masked(nn.Module):
+    """A linear layer whose positions 4.. never reach the output (padding masked out of a mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.register_buffer("keep", (torch.arange(8) < 4).float().view(1, 8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.fc(x) * self.keep).sum(1)
+
+
+def test_positions_that_do_not_reach_the_output_are_left_out(tmp_path):
+    torch.manual_seed(0)
+    model = Masked().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 8, 6, generator=g)
+    x[:, 4:] *= 50.0  # the padding: large values, badly clipped, and meaningless
+    quantizer = torch_quantizer("calib", model, (x[:4],), output_dir=tmp_path)
+    corrector = quantizer.corrector
+    (layer,) = corrector.layers.values()
+    seen = []
+    record = layer.record_float
+    layer.record_float = lambda y, live=None: (seen.append(live), record(y, live))
+    with torch.no_grad():
+        quantizer.quant_model(x)
+    (live,) = seen
+    assert live is not None and live.view(4, 8).tolist() == [[True] * 4 + [False] * 4] * 4
+    assert corrector.find_live  # dead positions were found: later batches look for them again
+
+
+def test_a_model_without_dead_positions_skips_the_gradient_after_one_batch(runs, tmp_path):
+    model, calib, _, _ = runs
+    quantizer = torch_quantizer("calib", model, (calib[0][:2],), output_dir=tmp_path)
+    assert quantizer.corrector.find_live
+    with torch.no_grad():
+        quantizer.quant_model(calib[0])
+    assert not quantizer.corrector.find_live
