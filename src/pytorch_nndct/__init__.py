@@ -6,7 +6,7 @@ dropout and identities, remove dead code), and `write_module` / `load_module` to
 readable PyTorch source.
 """
 
-from . import utils
+from . import _logging, utils
 from .apis import Inspector, dump_xmodel, load_vai_ops, torch_quantizer
 from .codegen import load_module, write_module
 from .errors import CaptureError, CodegenError, InputError, NndctError, OutputDirError
@@ -37,3 +37,5 @@ __all__ = [
     "verify",
     "write_module",
 ]
+
+_logging.install()

@@ -120,7 +120,7 @@ def _the_module(module: Any) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"torch_quantizer needs the float model as a torch.nn.Module, got {type(module).__name__}.")
     if isinstance(module, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
-        log.warning("pytorch_nndct: the model is wrapped in %s; quantizing its .module", type(module).__name__)
+        log.warning("the model is wrapped in %s; quantizing its .module", type(module).__name__)
         return module.module
     return module
 
@@ -209,7 +209,7 @@ class torch_quantizer(QuantSession):
         if self.device is not None:
             module.to(self.device)
         if dynamo:
-            log.info("pytorch_nndct: dynamo=True: the model is captured with torch.export (as always)")
+            log.info("dynamo=True: the model is captured with torch.export (as always)")
         self.build(mode, module, _on_device_of(module, inputs), self._float_nodes(), custom)
 
     def _hardware_target(self, target: str | None, quant_config_file: Any) -> Any:
@@ -217,8 +217,7 @@ class torch_quantizer(QuantSession):
             return None
         if quant_config_file is not None:
             log.warning(
-                "pytorch_nndct: the hardware-aware quantization is turned off by quant_config_file; target %r is "
-                "ignored.",
+                "the hardware-aware quantization is turned off by quant_config_file; target %r is ignored.",
                 target,
             )
             return None
@@ -245,7 +244,7 @@ class torch_quantizer(QuantSession):
         returns and logs what it returns."""
         self._to_test_mode()
         result = run_fn(*run_args)
-        log.info("pytorch_nndct: test result: %s", result)
+        log.info("test result: %s", result)
         return result
 
     def deploy(self, run_fn: Callable[..., Any], run_args: tuple = (), fmt: str = "xmodel") -> Path:
@@ -264,7 +263,7 @@ class torch_quantizer(QuantSession):
     @property
     def deploy_model(self) -> None:
         """Only quantization-aware training has a deployable model (as in the original); None here."""
-        log.warning("pytorch_nndct: only quantization-aware training has a deployable model; returning None")
+        log.warning("only quantization-aware training has a deployable model; returning None")
         return None
 
     # ------------------------------------------------------------------ calibration results
@@ -272,7 +271,7 @@ class torch_quantizer(QuantSession):
         """Calibration: write quant_info.json from what the forward passes saw. Test mode: keeps the file."""
         path = self.output_dir / QUANT_INFO
         if self.mode is not Mode.CALIB:
-            log.info("pytorch_nndct: %s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
+            log.info("%s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
             return path
         table = self.table_from_points()
         corrections = self.corrector.values() if self.config.include_bias_corr else {}
@@ -284,11 +283,11 @@ class torch_quantizer(QuantSession):
                 spec = table.params[key]
                 corrected = overrides.get(key, self.graph.params[key]).detach().cpu() + value
                 table.params[key] = spec.with_fix_pos(calibrate(corrected, spec, calibs[key]))
-            log.info("pytorch_nndct: bias correction: %s", BiasCorrector.describe(corrections))
+            log.info("bias correction: %s", BiasCorrector.describe(corrections))
         table.fast_finetuned = bool(overrides)
         apply_constraints(self.graph, self.plan, table)
         written = write_quant_info(table, self.output_dir, corrections)
-        log.info("pytorch_nndct: wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
+        log.info("wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
         return written
 
     def fast_finetune(self, run_fn: Callable[..., Any], run_args: tuple = ()) -> Path:
@@ -310,7 +309,7 @@ class torch_quantizer(QuantSession):
         quant_info.json says the model was fast-finetuned."""
         values = read_ft_params(self.output_dir, set(self.graph.params))
         self._set_overrides(values)
-        log.info("pytorch_nndct: loaded %d fast-finetuned parameter(s) from %s", len(values), self.output_dir)
+        log.info("loaded %d fast-finetuned parameter(s) from %s", len(values), self.output_dir)
 
     # ------------------------------------------------------------------ exports
     def export_xmodel(
@@ -341,14 +340,14 @@ class torch_quantizer(QuantSession):
         path = write_xmodel(deploy, out, self._devices(graph))
         if check_inputs is not None:
             folder = write_deploy_check(deploy, self._deploy_check_inputs(deploy, check_inputs), out)
-            log.info("pytorch_nndct: wrote deploy_check data to %s", folder)
+            log.info("wrote deploy_check data to %s", folder)
         if deploy.custom:
             log.warning(
-                "pytorch_nndct: %d op(s) have no XIR equivalent and were written as custom ops: %s",
+                "%d op(s) have no XIR equivalent and were written as custom ops: %s",
                 len(deploy.custom),
                 "; ".join(f"{k} ({v})" for k, v in list(deploy.custom.items())[:10]),
             )
-        log.info("pytorch_nndct: wrote %s (%d ops)", path, len(deploy.ops))
+        log.info("wrote %s (%d ops)", path, len(deploy.ops))
         return path
 
     def export_onnx_model(
@@ -372,13 +371,13 @@ class torch_quantizer(QuantSession):
         self._require_mode(Mode.TEST, "export_onnx_model()", "create the quantizer with quant_mode='test'")
         if self.config.target_device == "DPU":
             log.warning(
-                "pytorch_nndct: this model was quantized for the DPU, which rounds activations half up; "
+                "this model was quantized for the DPU, which rounds activations half up; "
                 "onnxruntime's QuantizeLinear rounds ties to even, so its outputs can differ from the simulation "
                 "by a few LSB. For an ONNX model equal to the simulation, quantize with target_device CPU and "
                 "round_mode half_even for inputs and activations (see the README's config section)."
             )
         if not native_onnx:
-            log.info("pytorch_nndct: native_onnx=False: writing standard QuantizeLinear/DequantizeLinear")
+            log.info("native_onnx=False: writing standard QuantizeLinear/DequantizeLinear")
         sample = (
             self.require_forward("export_onnx_model(dump_layers or check_model)")
             if (dump_layers or check_model)
@@ -397,14 +396,14 @@ class torch_quantizer(QuantSession):
         if verbose:
             import onnx
 
-            log.info("pytorch_nndct: ONNX graph:\n%s", onnx.printer.to_text(model.graph))
+            log.info("ONNX graph:\n%s", onnx.printer.to_text(model.graph))
         out = self.export_dir(output_dir)
         path = out / f"{sanitize(self.graph.name)}_int.onnx"
         write_atomic({path: model.SerializeToString()})
-        log.info("pytorch_nndct: wrote %s", path)
+        log.info("wrote %s", path)
         if dump_layers:
             folder = dump_onnx_layers(model, sample, out / "onnx_layer_output")
-            log.info("pytorch_nndct: wrote onnxruntime layer outputs to %s", folder)
+            log.info("wrote onnxruntime layer outputs to %s", folder)
         if check_model:
             check_onnx(model, sample, self.quant_model)
         return path
@@ -422,14 +421,14 @@ class torch_quantizer(QuantSession):
         path, traced = write_torch_script(
             self.quant_model, self.inputs_for_export(), self.export_dir(output_dir), sanitize(self.graph.name), verbose
         )
-        log.info("pytorch_nndct: wrote %s", path)
+        log.info("wrote %s", path)
         return path, traced
 
     def export_traced_torch_script(
         self, output_dir: str | os.PathLike | None = None, verbose: bool = False
     ) -> torch.jit.ScriptModule:
         """Deprecated in the original: the same as export_torch_script()."""
-        log.warning('pytorch_nndct: "export_traced_torch_script" is deprecated; use "export_torch_script" instead.')
+        log.warning('"export_traced_torch_script" is deprecated; use "export_torch_script" instead.')
         return self.export_torch_script(output_dir, verbose)
 
     def partition_report(self, batch_size: int | None = None) -> str:
@@ -488,4 +487,4 @@ def dump_xmodel(output_dir: str | os.PathLike = "quantize_result", deploy_check:
 def load_vai_ops() -> None:
     """The original registers onnxruntime ops for its non-native ONNX export; ours is always native Q/DQ, so
     there is nothing to register (kept so 3.5 scripts that call it run unchanged)."""
-    log.info("pytorch_nndct: load_vai_ops(): our ONNX exports use standard Q/DQ ops; nothing to register")
+    log.info("load_vai_ops(): our ONNX exports use standard Q/DQ ops; nothing to register")

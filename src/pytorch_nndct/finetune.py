@@ -46,7 +46,7 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
     layers = _layers(quantizer)
     size, where = cache_bytes(quantizer.graph, layers, samples[0])
     log.warning(
-        "pytorch_nndct: fast finetune: %d layer(s) on %d sample(s); caches one layer at a time, at most %.1f MiB "
+        "fast finetune: %d layer(s) on %d sample(s); caches one layer at a time, at most %.1f MiB "
         "(%s); runs your function %d times",
         len(layers), samples[0], size / 2**20, where or "-", 2 + 3 * len(layers),
     )  # fmt: skip
@@ -93,7 +93,7 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
                 pq.overrides.update(old)
             verdict = "kept" if layer.weight_key in kept else "reverted"
             log.info(
-                "pytorch_nndct: fast finetune %d/%d %s: layer mse %.3g -> %.3g, loss %.4g (%s)",
+                "fast finetune %d/%d %s: layer mse %.3g -> %.3g, loss %.4g (%s)",
                 n + 1, len(layers), layer.node.name, before, after, loss, verdict,
             )  # fmt: skip
     finally:
@@ -103,7 +103,5 @@ def run_fast_finetune(quantizer: Any, run_fn: Callable[..., Any], run_args: tupl
     for layer in quantizer.corrector.layers.values():  # re-estimated for the new weights by the calibration to come
         layer.reset()
     n_kept = sum(layer.weight_key in kept for layer in layers)
-    log.warning(
-        "pytorch_nndct: fast finetune kept %d of %d layer(s); loss %.4g -> %.4g", n_kept, len(layers), start, best
-    )
+    log.warning("fast finetune kept %d of %d layer(s); loss %.4g -> %.4g", n_kept, len(layers), start, best)
     return write_ft_params(kept, quantizer.output_dir)

@@ -103,7 +103,7 @@ def resolve_device(device: Any) -> torch.device | None:
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"device {device!r} is not a torch device (use 'cpu', 'cuda' or 'cuda:0').") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        log.warning("pytorch_nndct: device %s was asked for but CUDA is not available; running on the CPU", dev)
+        log.warning("device %s was asked for but CUDA is not available; running on the CPU", dev)
         return torch.device("cpu")
     return dev
 

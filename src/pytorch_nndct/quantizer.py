@@ -23,6 +23,7 @@ from .codegen import load_module, prepare_output_dir, write_module
 from .errors import NndctError
 from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_ft_params, read_quant_info
 from .ir.graph import Graph
+from .ir.ops import Op
 from .ir.trace import trace
 from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
@@ -83,10 +84,12 @@ class QuantSession:
         self._model.register_forward_pre_hook(self._remember_inputs)
         LAST["quantizer"] = weakref.ref(self)
         log.info(
-            "pytorch_nndct: %s in %s mode: %d parameter and %d output quantization points, %d op(s) in float; "
-            "generated module in %s",
+            "%s in %s mode: %d parameter and %d output quantization points; %d op(s) computed in float (%d "
+            "without a quantized equivalent, listed at capture; the others by design: shapes, indices, ops the "
+            "target keeps in float); generated module in %s",
             self.graph.name, mode.name.lower(), len(self.plan.params), len(self.plan.outputs),
-            len(self.plan.float_ops), self.output_dir,
+            len(self.plan.float_ops), sum(self.graph.node(n).op is Op.ATEN for n in self.plan.float_ops),
+            self.output_dir,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ construction steps
@@ -95,7 +98,7 @@ class QuantSession:
         if self.config.include_cle:
             pairs = len(equalization_pairs(graph))
             if equalize_(graph):
-                log.info("pytorch_nndct: cross-layer equalization balanced %d conv pair(s)", pairs)
+                log.info("cross-layer equalization balanced %d conv pair(s)", pairs)
         return graph
 
     # ------------------------------------------------------------------ state

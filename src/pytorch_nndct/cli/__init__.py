@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")
+    logging.basicConfig(level=level, format="%(name)s: %(message)s")
     log.setLevel(level)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU builds
     for name in ("bitwidth", "bitwidth_w", "bitwidth_a", "batch_size", "calib_batches", "input_size", "samples"):

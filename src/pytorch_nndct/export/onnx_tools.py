@@ -78,7 +78,7 @@ def check_onnx(model: Any, sample: tuple, quant_model: torch.nn.Module) -> float
         if value is None:
             continue
         worst = max(worst, float(np.abs(value - ref.detach().cpu().float().numpy()).max(initial=0.0)))
-    log.info("pytorch_nndct: check_model: onnxruntime vs simulation, largest |difference| %.6g", worst)
+    log.info("check_model: onnxruntime vs simulation, largest |difference| %.6g", worst)
     return worst
 
 

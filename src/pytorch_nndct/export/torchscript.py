@@ -77,7 +77,7 @@ def write_torch_script(
     """Trace `model` on `inputs` and write `<output_dir>/<name>_int.pt` atomically."""
     traced = trace_quantized(model, inputs)
     if verbose:
-        log.info("pytorch_nndct: TorchScript graph of %s:\n%s", name, traced.graph)
+        log.info("TorchScript graph of %s:\n%s", name, traced.graph)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export

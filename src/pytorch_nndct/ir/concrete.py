@@ -193,7 +193,7 @@ def concrete_trace(module: torch.nn.Module, args: tuple, specs: list[InputSpec],
         raise rec.error
     for where in dict.fromkeys(rec.baked):
         log.warning(
-            "pytorch_nndct: %s reads a tensor value into Python at %s; the branch taken on the example "
+            "%s reads a tensor value into Python at %s; the branch taken on the example "
             "inputs is baked into the captured graph.",
             name,
             where,

@@ -271,7 +271,7 @@ class _Importer:
                 spec = converter(call)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 log.warning(
-                    "pytorch_nndct: internal error mapping %s (%r); it is kept as a float op. Please report this.",
+                    "internal error mapping %s (%r); it is kept as a float op. Please report this.",
                     self._where(name),
                     exc,
                 )

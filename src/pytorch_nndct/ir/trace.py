@@ -217,7 +217,7 @@ def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: 
         graph = _import(_export_program(module, args, dynamic=True), specs, name)
         if batch is not None and not _has_batch(graph):
             log.warning(
-                "pytorch_nndct: the batch size was specialised to %d while capturing %s; the "
+                "the batch size was specialised to %d while capturing %s; the "
                 "generated model accepts only that batch size.",
                 batch,
                 name,
@@ -228,7 +228,7 @@ def _export(module: torch.nn.Module, args: tuple, specs: list[InputSpec], name: 
         return _import(ep, specs, name)
     graph = _import(_export_program(module, args, dynamic=False), specs, name)
     log.warning(
-        "pytorch_nndct: %s keeps the batch size of its example inputs (1): %s. The generated model accepts "
+        "%s keeps the batch size of its example inputs (1): %s. The generated model accepts "
         "only batch 1; to follow any batch, make that code read the batch from the input (x.size(0), -1).",
         name,
         why,
@@ -289,7 +289,7 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
             where = user_frame(traceback.extract_tb(exc.__traceback__))
             kind = "data-dependent control flow" if _is_data_dependent(exc) else "an unsupported construct"
             log.warning(
-                "pytorch_nndct: torch.export could not capture %s (%s%s); falling back to a concrete trace "
+                "torch.export could not capture %s (%s%s); falling back to a concrete trace "
                 "on the example inputs, which bakes in every branch taken (as torch.jit.trace does)%s. %s",
                 name,
                 kind,
@@ -319,7 +319,7 @@ def _warn_unknown_ops(graph: Graph) -> None:
     if counts:
         listing = ", ".join(f"{t} x{c}" for t, c in sorted(counts.items()))
         log.warning(
-            "pytorch_nndct: %d op(s) of %s have no quantized equivalent and run in float: %s",
+            "%d op(s) of %s have no quantized equivalent and run in float: %s",
             sum(counts.values()),
             graph.name,
             listing,

@@ -188,7 +188,7 @@ class BiasCorrector:
                     self._record_live(run())
                 return
             except RuntimeError as exc:  # e.g. an in-place update autograd refuses: count every position
-                log.info("pytorch_nndct: bias correction counts every position (no gradient: %s)", exc)
+                log.info("bias correction counts every position (no gradient: %s)", exc)
             self._seen, self.find_live = [], False
             with torch.no_grad():
                 run()

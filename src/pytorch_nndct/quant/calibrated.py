@@ -51,7 +51,7 @@ def table_from_points(expected: QuantTable, plan: QuantPlan, points: dict[str, A
             "quantizer.quant_model(x) on calibration data (about 100 to 1000 images) first."
         )
     if unseen:
-        log.warning("pytorch_nndct: %d output(s) were never reached during calibration: %s", len(unseen), unseen[:5])
+        log.warning("%d output(s) were never reached during calibration: %s", len(unseen), unseen[:5])
     return table
 
 

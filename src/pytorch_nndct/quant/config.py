@@ -228,7 +228,7 @@ def _flags(doc: dict, where: str) -> dict[str, bool]:
             raise ConfigError(f"{where}: {key}: true is not supported yet. Fix: remove the key or set it to false.")
     for key in ("keep_first_last_layer_accuracy", "keep_add_layer_accuracy"):
         if flags[key]:
-            log.info("pytorch_nndct: %s: true has no effect (as in vai_q_pytorch 3.5)", key)
+            log.info("%s: true has no effect (as in vai_q_pytorch 3.5)", key)
     return flags
 
 

@@ -109,7 +109,7 @@ class _Compiled:
                 return self.compiled(*args)
         except Exception as exc:  # no compiler on this machine, an unsupported device ...
             self.failed = True
-            log.warning("pytorch_nndct: compiled quantization kernels unavailable (%s); using eager ops", exc)
+            log.warning("compiled quantization kernels unavailable (%s); using eager ops", exc)
             return self.fn(*args)
 
 

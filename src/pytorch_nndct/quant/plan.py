@@ -267,7 +267,7 @@ def _warn_unmatched(config: QuantConfig, refs: list[LayerRef]) -> None:
     for rule in config.layers:
         if not any_match(refs, rule.layer_type, rule.layer_name):
             what = f"layer_type {rule.layer_type!r}" if rule.layer_type else f"layer_name {rule.layer_name!r}"
-            log.warning("pytorch_nndct: quant config: %s matches no layer of this model; the entry has no effect", what)
+            log.warning("quant config: %s matches no layer of this model; the entry has no effect", what)
 
 
 def _float_reason(node: Node) -> str:

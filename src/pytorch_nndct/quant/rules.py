@@ -110,5 +110,5 @@ def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable) -> list[
             if i_key != o_key and (fp_i := adj.get(i_key)) is not None and adj.get(o_key) is not None:
                 adj.set(o_key, fp_i, f"{node.op.value} {node.name} keeps its input's fp")
     for line in adj.changes:
-        log.info("pytorch_nndct: constraint: %s", line)
+        log.info("constraint: %s", line)
     return adj.changes

@@ -128,7 +128,7 @@ class ActPoint:
             if clamp is not None:  # the module left its ReLU/ReLU6 to this point: observe clamp(x)
                 lo, hi = (min(max(v, clamp[0]), clamp[1]) for v in (lo, hi))
             if not (math.isfinite(lo) and math.isfinite(hi)):
-                self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
+                self.state.warn_once(self.key, "%s holds inf or nan; it is not quantized", self.key)
                 return x if clamp is None else x.clamp(*clamp)
             # the fix position in use is usually the one before this batch: fake-quantize with it in the
             # same pass as the search, and keep that output if the batch did not change it
@@ -156,7 +156,7 @@ class ActPoint:
         if self.state.mode is Mode.CALIB:
             lo, hi = value_range(x)
             if not (math.isfinite(lo) and math.isfinite(hi)):
-                self.state.warn_once(self.key, "pytorch_nndct: %s holds inf or nan; it is not quantized", self.key)
+                self.state.warn_once(self.key, "%s holds inf or nan; it is not quantized", self.key)
                 return x
             self.observer.observe(*batch_scale(x, self.spec, self.calib, (lo, hi)))
             value = self.observer.value
@@ -324,7 +324,7 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
     for name, spec in plan.outputs.items():
         sub = getattr(model, f"module_{index[name]}", None)
         if sub is None:
-            log.warning("pytorch_nndct: %s has no module to quantize its output; it stays float", name)
+            log.warning("%s has no module to quantize its output; it stays float", name)
             continue
         sub.nndct_out = points[name] = ActPoint(name, spec, state, plan.calibs.get(name))
     by_node: dict[str, ParamQuant] = {}
@@ -360,7 +360,7 @@ def attach(model: torch.nn.Module, graph: Graph, plan: QuantPlan, state: QuantSt
             sub._fn = _dpu_wrapper(state, sub._fn, dpu)
             if node.op.value == "leaky_relu" and node.attrs.get("negative_slope") != 26 / 256:
                 log.warning(
-                    "pytorch_nndct: %s has LeakyReLU slope %s; the DPU uses 0.1015625 (26/256) when quantized",
+                    "%s has LeakyReLU slope %s; the DPU uses 0.1015625 (26/256) when quantized",
                     node.where(),
                     node.attrs.get("negative_slope"),
                 )

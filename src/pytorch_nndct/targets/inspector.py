@@ -65,7 +65,7 @@ class Inspector:
     def __init__(self, name_or_fingerprint: str) -> None:
         self.target = get_target(name_or_fingerprint)
         self.name = name_or_fingerprint.strip()  # the files are named after the string given, as the original's
-        log.info("pytorch_nndct: Inspector is on (target %s, fingerprint %s).", self.target.name,
+        log.info("Inspector is on (target %s, fingerprint %s).", self.target.name,
                  self.target.fingerprint_hex)  # fmt: skip
 
     def inspect(
@@ -92,7 +92,7 @@ class Inspector:
         if not isinstance(module, torch.nn.Module):
             raise InputError(f"inspect() needs the float model as a torch.nn.Module, got {type(module).__name__}.")
         out_dir = prepare_output_dir(output_dir)
-        log.info("pytorch_nndct: =>Start to inspect model...")
+        log.info("=>Start to inspect model...")
         args = _inputs_on_model_device(module, input_args)
         graph = optimize(trace(module, args))
         files = [write_module(graph, out_dir)]
@@ -109,8 +109,8 @@ class Inspector:
             gv, picture = out_dir / f"inspect_{self.name}.gv", out_dir / f"inspect_{self.name}.{image_format}"
             write_atomic({gv: source.encode(), picture: image})
             files += [gv, picture]
-            log.info("pytorch_nndct: Dot image is generated.(%s)", picture)
-        log.info("pytorch_nndct: =>Finish inspecting.")
+            log.info("Dot image is generated.(%s)", picture)
+        log.info("=>Finish inspecting.")
         return Inspection(graph, assignments, files)
 
     @staticmethod
@@ -118,13 +118,13 @@ class Inspector:
         if verbose_level == 1:
             rows = cpu_rows(graph, assignments)
             if rows:
-                log.info("pytorch_nndct: The operators assigned to the CPU are as follows(see more details in '%s'):",
+                log.info("The operators assigned to the CPU are as follows(see more details in '%s'):",
                          path)  # fmt: skip
                 print(text_table(rows, ["node name", "op type", "hardware constraints"]))
             else:
-                log.info("pytorch_nndct: All the operators are assigned to the DPU(see more details in '%s')", path)
+                log.info("All the operators are assigned to the DPU(see more details in '%s')", path)
         elif verbose_level == 2:
             rows = [[name, op_label(graph.node(name)), a.device.value.lower()] for name, a in assignments.items()
                     if a.device is not Device.USER]  # fmt: skip
-            log.info("pytorch_nndct: Operator device allocation table(see more details in '%s'):", path)
+            log.info("Operator device allocation table(see more details in '%s'):", path)
             print(text_table(rows, ["node name", "op type", "assigned device"]))

@@ -1,0 +1,37 @@
+"""Log lines name pytorch_nndct once, whether or not the application has configured logging."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import logging, sys, torch
+if sys.argv[1] == "configured":
+    logging.basicConfig()
+import pytorch_nndct as nd
+
+class Odd(torch.nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)  # no quantized equivalent: one warning at capture
+
+nd.trace(Odd(), torch.randn(2, 4))
+"""
+
+
+def _stderr(mode: str) -> str:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return "\n".join(line for line in done.stderr.splitlines() if "no quantized equivalent" in line)
+
+
+def test_unconfigured_logging_prints_the_name_once():
+    line = _stderr("bare")
+    assert line.startswith("pytorch_nndct: 1 op(s) of Odd have no quantized equivalent"), line
+    assert line.count("pytorch_nndct") == 1
+
+
+def test_configured_logging_uses_the_application_format_without_a_second_prefix():
+    line = _stderr("configured")
+    assert line.startswith("WARNING:pytorch_nndct:1 op(s) of Odd"), line
+    assert line.count("pytorch_nndct") == 1
