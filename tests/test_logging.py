@@ -35,3 +35,21 @@ def test_configured_logging_uses_the_application_format_without_a_second_prefix(
     line = _stderr("configured")
     assert line.startswith("WARNING:pytorch_nndct:1 op(s) of Odd"), line
     assert line.count("pytorch_nndct") == 1
+
+
+def test_few_calibration_samples_and_the_first_compile_are_announced(tmp_path, caplog):
+    import torch
+
+    from pytorch_nndct.apis import torch_quantizer
+    from pytorch_nndct.quant import kernels
+
+    kernels._ANNOUNCED["value"] = False
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()  # outputs big enough to compile
+    with caplog.at_level("WARNING", logger="pytorch_nndct"), torch.no_grad():
+        quantizer = torch_quantizer("calib", model, (torch.randn(1, 3, 32, 32),), output_dir=tmp_path)
+        for _ in range(3):
+            quantizer.quant_model(torch.randn(4, 3, 32, 32))
+        quantizer.export_quant_config()
+    text = caplog.text
+    assert "calibrated on 12 sample(s) in 3 batch(es); 100 to 1000 representative samples are advised" in text
+    assert kernels.kernels_enabled() and text.count("compiling the fused quantization kernels") == 1

@@ -50,6 +50,7 @@ log = logging.getLogger("pytorch_nndct")
 
 _MODES = {"calib": Mode.CALIB, 1: Mode.CALIB, "test": Mode.TEST, 2: Mode.TEST, "float": Mode.FLOAT, 0: Mode.FLOAT}
 _FORMATS = ("xmodel", "onnx", "torch_script")
+ADVISED_CALIB_SAMPLES = 100  # the README: "about 100 to 1000 images"
 
 
 def _parse_mode(quant_mode: Any) -> Mode:
@@ -273,6 +274,12 @@ class torch_quantizer(QuantSession):
         if self.mode is not Mode.CALIB:
             log.info("%s mode: quant_info.json is left as calibrated (%s)", self.mode.name.lower(), path)
             return path
+        if self.calib_samples < ADVISED_CALIB_SAMPLES:
+            log.warning(
+                "calibrated on %d sample(s) in %d batch(es); %d to 1000 representative samples are advised: fix "
+                "positions and bias corrections from fewer may not represent your data",
+                self.calib_samples, self.calib_batches, ADVISED_CALIB_SAMPLES,
+            )  # fmt: skip
         table = self.table_from_points()
         corrections = self.corrector.values() if self.config.include_bias_corr else {}
         overrides = self._overrides()

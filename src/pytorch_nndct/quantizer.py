@@ -22,6 +22,7 @@ import torch
 from .codegen import load_module, prepare_output_dir, write_module
 from .errors import NndctError
 from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_ft_params, read_quant_info
+from .ir.batch import batch_of
 from .ir.graph import Graph
 from .ir.ops import Op
 from .ir.trace import trace
@@ -81,6 +82,7 @@ class QuantSession:
         if mode is Mode.TEST:
             self.load_config()
         self._last_inputs: tuple | None = None  # the last test-mode input (deploy_check data, exports)
+        self.calib_batches = self.calib_samples = 0  # what calibration has seen
         self._model.register_forward_pre_hook(self._remember_inputs)
         LAST["quantizer"] = weakref.ref(self)
         log.info(
@@ -117,6 +119,9 @@ class QuantSession:
     def _remember_inputs(self, module: torch.nn.Module, args: tuple) -> None:
         if self.state.mode is Mode.TEST:
             self._last_inputs = args
+        elif self.state.mode is Mode.CALIB and self.corrector.phase != "float":
+            self.calib_batches += 1
+            self.calib_samples += batch_of(args) or 1
 
     def inputs_for_export(self) -> tuple:
         """The last test-mode input (as a tuple), else the example inputs."""

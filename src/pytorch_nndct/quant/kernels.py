@@ -25,6 +25,7 @@ __all__ = ["FusedOutput", "diffs_errors", "failed", "fake_quantize", "kernels_en
 log = logging.getLogger("pytorch_nndct")
 
 _ENABLED = {"value": True}
+_ANNOUNCED = {"value": False}  # the compile notice is given once per process
 
 
 def kernels_enabled(enabled: bool | None = None) -> bool:
@@ -103,6 +104,13 @@ class _Compiled:
         if not _ENABLED["value"] or self.failed:
             return self.fn(*args)
         if self.compiled is None:
+            if not _ANNOUNCED["value"]:
+                _ANNOUNCED["value"] = True
+                log.warning(
+                    "compiling the fused quantization kernels: the first batch takes longer (about 20 to 40 s on "
+                    "a CPU, once per process); pytorch_nndct.quant.kernels.kernels_enabled(False) runs eager ops "
+                    "instead (same results, slower batches)"
+                )
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         try:
             with torch.no_grad():
