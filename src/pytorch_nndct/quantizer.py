@@ -83,6 +83,7 @@ class QuantSession:
             self.load_config()
         self._last_inputs: tuple | None = None  # the last test-mode input (deploy_check data, exports)
         self.calib_batches = self.calib_samples = 0  # what calibration has seen
+        self.finetuned = False  # fast_finetune() ran (and wrote param.pth)
         self._model.register_forward_pre_hook(self._remember_inputs)
         LAST["quantizer"] = weakref.ref(self)
         log.info(

@@ -53,16 +53,23 @@ def float_slice(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     )
 
 
+ABS_TOLERANCE = 1.05  # a kept correction may raise the absolute error by at most 5 %
+
+
 class LayerCorrection:
     """The correction of one conv/linear layer: a per-channel tensor added to its bias.
 
     `candidate` is the running average of what would cancel the layer's mean error; `value` is what the
     bias carries: the candidate on the channels where it has proved to help. On every batch, before the
     batch moves the candidate, the candidate is scored on that batch (data it was not fitted on): the
-    absolute error of the layer's output with and without it, per channel, on a fixed sample of positions.
-    A mean shift from rounding moves nearly every value the same way, so the correction brings them all
-    closer; a mean shift that comes from a few clipped or broken values (an outlier token, padding) would
-    move every other value away, and is refused.
+    squared and the absolute error of the layer's output with and without it, per channel, on a fixed
+    sample of positions. A channel keeps its correction where it lowers the squared error without raising
+    the absolute error by more than `ABS_TOLERANCE`. A mean shift from rounding moves nearly every value
+    the same way, so the correction brings them all closer; a mean shift that comes from a few clipped or
+    broken values (an outlier token) lowers the squared error too, but moves every other value away and
+    raises the absolute error, and is refused. (The absolute error alone refused useful corrections of
+    4-bit weights: DigitsNet W4 loss 0.088 against 0.083; the squared error alone accepted the outliers:
+    all-MiniLM-L6-v2 cosine 0.21.)
     """
 
     SAMPLE_ROWS = 4096  # positions per batch scored by the guard
@@ -78,8 +85,8 @@ class LayerCorrection:
         self.value = None
         self.batches = 0
         self.candidate: torch.Tensor | None = None
-        self.err_with: torch.Tensor | None = None  # summed |error| with the candidate, per channel
-        self.err_without: torch.Tensor | None = None  # ... and without any correction
+        # per channel, summed over held-out positions: |error| and error^2 with the candidate and without
+        self.abs_with = self.abs_without = self.sq_with = self.sq_without = None
         self._float: tuple | None = None  # (shape, means, means of the first half, sampled rows, live rows)
 
     def _rows(self, y: torch.Tensor, live: torch.Tensor | None, sample: bool = True) -> torch.Tensor:
@@ -117,8 +124,8 @@ class LayerCorrection:
             return y
         if self.candidate is None:
             self.candidate = torch.zeros_like(residual)
-            self.err_with = torch.zeros_like(residual)
-            self.err_without = torch.zeros_like(residual)
+            self.abs_with, self.abs_without = torch.zeros_like(residual), torch.zeros_like(residual)
+            self.sq_with, self.sq_without = torch.zeros_like(residual), torch.zeros_like(residual)
         # score on the second half of this batch's positions a candidate fitted on the batches before and the
         # first half (so a single calibration batch is scored too)
         half = rows.shape[0] // 2
@@ -127,12 +134,19 @@ class LayerCorrection:
             first = rows[:half].mean(0) - float_first
             trial = self.candidate - (first + self.candidate) / (self.batches + 1)
         held = bare[bare.shape[0] // 2 :]
-        self.err_with += (held + trial).abs().sum(0)
-        self.err_without += held.abs().sum(0)
+        self.abs_with += (held + trial).abs().sum(0)
+        self.abs_without += held.abs().sum(0)
+        self.sq_with += (held + trial).square().sum(0)
+        self.sq_without += held.square().sum(0)
         self.batches += 1
         self.candidate.sub_((residual + self.candidate) / self.batches)
-        self.value = torch.where(self.err_with < self.err_without, self.candidate, torch.zeros_like(residual))
-        change = self.value if applied is None else self.value - applied
+        helps = (self.sq_with < self.sq_without) & (self.abs_with < self.abs_without * ABS_TOLERANCE)
+        kept = torch.where(helps, self.candidate, torch.zeros_like(residual))
+        change = kept if applied is None else kept - applied
+        if self.value is None:
+            self.value = kept
+        else:  # in place: quantized biases are cached by the identity and version of the correction
+            self.value.copy_(kept)
         view = [1] * y.dim()
         view[self.channel_dim % y.dim()] = -1
         change = change.to(y.dtype).view(view)
