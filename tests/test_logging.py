@@ -37,13 +37,16 @@ def test_configured_logging_uses_the_application_format_without_a_second_prefix(
     assert line.count("pytorch_nndct") == 1
 
 
-def test_few_calibration_samples_and_the_first_compile_are_announced(tmp_path, caplog):
+def test_few_calibration_samples_and_the_first_compile_are_announced(tmp_path, caplog, monkeypatch):
     import torch
 
     from pytorch_nndct.apis import torch_quantizer
     from pytorch_nndct.quant import kernels
 
-    kernels._ANNOUNCED["value"] = False
+    monkeypatch.setitem(kernels._ANNOUNCED, "value", False)  # as in a fresh process: nothing compiled yet
+    for table in (kernels._FQ, kernels._ERRORS, kernels._ERRORS_FQ):
+        for compiled in table.values():
+            monkeypatch.setattr(compiled, "compiled", None)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()  # outputs big enough to compile
     with caplog.at_level("WARNING", logger="pytorch_nndct"), torch.no_grad():
         quantizer = torch_quantizer("calib", model, (torch.randn(1, 3, 32, 32),), output_dir=tmp_path)
