@@ -145,3 +145,30 @@ def test_calibrated_from_batch_one_runs_at_batch_four(tmp_path):
     fp = quantizer.table.outputs[quantizer.plan.tensor_point[quantizer.graph.output_nodes[0].name]].fix_pos
     assert np.abs(out - alone).max() * 2.0**fp <= 1
     assert np.abs(out - simulated).max() * 2.0**fp <= 1
+
+
+class SiluMean(torch.nn.Module):
+    """SiLU and reductions (efficientnet's activation, mnasnet's and shufflenet's global mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.silu(self.conv(x))
+        y = y - y.mean(dim=(2, 3), keepdim=True)
+        return self.fc(torch.nn.functional.silu(y).mean([2, 3]))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_silu_and_mean_are_lowered(opset, tmp_path):
+    config = tmp_path / "onnx_config.json"
+    config.write_text(json.dumps({**ONNX_CONFIG, "onnx_opset_version": opset}))
+    torch.manual_seed(0)
+    model, example = SiluMean().eval(), torch.randn(1, 3, 8, 8)
+    quantizer = _quantize(model, example, [torch.randn(8, 3, 8, 8)], tmp_path, quant_config_file=config)
+    lsb, exact = _compare("silu_mean", quantizer, example)
+    types = {n.op_type for n in onnx.load(str(next(tmp_path.glob("*_int.onnx")))).graph.node}
+    assert {"Sigmoid", "ReduceMean"} <= types
+    assert lsb <= 1 and exact > 0.99, f"{lsb} LSB ({100 * exact:.1f}% equal)"

@@ -105,6 +105,26 @@ def _unary(b: _Builder, node: Node) -> None:
     b.emit(node, b.add(_UNARY[node.op], [b.inp(node)], node.name))
 
 
+@onnx_lowers(Op.SILU)
+def _silu(b: _Builder, node: Node) -> None:
+    x = b.inp(node)
+    b.emit(node, b.add("Mul", [x, b.add("Sigmoid", [x], f"{node.name}_sigmoid")], node.name))
+
+
+@onnx_lowers(Op.MEAN)
+def _mean(b: _Builder, node: Node) -> None:
+    rank = len(node.inputs[0].meta.shape)
+    dims = node.attrs["dim"]
+    dims = list(range(rank)) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    axes = sorted(d % rank for d in dims)
+    keep = int(bool(node.attrs["keepdim"]))
+    if b.opset >= 18:  # axes became an input in opset 18
+        ax = b.init(f"{node.name}_axes", np.array(axes, np.int64))
+        b.emit(node, b.add("ReduceMean", [b.inp(node), ax], node.name, keepdims=keep))
+    else:
+        b.emit(node, b.add("ReduceMean", [b.inp(node)], node.name, axes=axes, keepdims=keep))
+
+
 def _clip(b: _Builder, src: str, lo: float, hi: float, name: str) -> str:
     lo_name = b.init(f"{name}_lo", np.array(lo, np.float32))
     return b.add("Clip", [src, lo_name, b.init(f"{name}_hi", np.array(hi, np.float32))], name)
@@ -222,6 +242,7 @@ def build_onnx(
             f"installed onnx {onnx.__version__}). Fix: set onnx_opset_version (or opset_version) in that range."
         )
     b = _Builder(graph, plan, table)
+    b.opset = opset
     graph_inputs, graph_outputs = [], []
     for node in graph.nodes:
         if node.op is Op.INPUT:
