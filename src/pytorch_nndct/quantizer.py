@@ -120,7 +120,7 @@ class QuantSession:
     def _remember_inputs(self, module: torch.nn.Module, args: tuple) -> None:
         if self.state.mode is Mode.TEST:
             self._last_inputs = args
-        elif self.state.mode is Mode.CALIB and self.corrector.phase != "float":
+        elif self.state.mode is Mode.CALIB:  # the float reference pass runs in FLOAT mode
             self.calib_batches += 1
             self.calib_samples += batch_of(args) or 1
 

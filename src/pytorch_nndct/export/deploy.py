@@ -19,7 +19,7 @@ from .._tables import registrar
 from ..errors import NndctError
 from ..ir.batch import evaluate_dim
 from ..ir.graph import Graph, Node, TensorMeta
-from ..ir.ops import Op
+from ..ir.ops import Op, reduced_axes
 from ..quant.dpu import DPU_LEAKY_SLOPE
 from ..quant.plan import QuantPlan
 from ..quant.primitives import avgpool_factor, fake_quantize
@@ -461,11 +461,10 @@ def _shape_arithmetic(lw: _Lowering, node: Node) -> None:
 @lowers(Op.MEAN)
 def _mean(lw: _Lowering, node: Node) -> None:
     src = node.inputs[0]
-    rank = len(lw.logical_shape(src))
-    dims = node.attrs["dim"] if node.attrs["dim"] is not None else list(range(rank))
     keep = bool(node.attrs["keepdim"])
     nhwc = src.name in lw.nhwc and keep  # a keep-dims mean of a feature map stays a feature map
-    axes = sorted((_NHWC.index(d % rank) if nhwc else d % rank) for d in dims)
+    axes = reduced_axes(node.attrs["dim"], len(lw.logical_shape(src)))
+    axes = sorted(_NHWC.index(d) for d in axes) if nhwc else axes
     if nhwc:
         lw.nhwc.add(node.name)
     attrs = {"axis": ("int32_vec", axes), "keep_dims": ("bool", keep)}

@@ -41,12 +41,12 @@ _CAST_TO = {DataType.BFLOAT16: 16, DataType.FLOAT16: 10}  # onnx.TensorProto.BFL
 
 
 class OnnxBuilder:
-    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable) -> None:
+    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, opset: int) -> None:
         import onnx
         from onnx import helper
 
         self.onnx, self.helper = onnx, helper
-        self.graph, self.plan, self.table = graph, plan, table
+        self.graph, self.plan, self.table, self.opset = graph, plan, table, opset
         self.nodes: list = []
         self.inits: list = []
         self.init_names: set[str] = set()

@@ -20,7 +20,7 @@ import numpy as np
 from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node, TensorMeta
-from ..ir.ops import Op
+from ..ir.ops import Op, reduced_axes
 from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
 from ..quant.primitives import avgpool_factor
@@ -113,10 +113,7 @@ def _silu(b: _Builder, node: Node) -> None:
 
 @onnx_lowers(Op.MEAN)
 def _mean(b: _Builder, node: Node) -> None:
-    rank = len(node.inputs[0].meta.shape)
-    dims = node.attrs["dim"]
-    dims = list(range(rank)) if dims is None else [dims] if isinstance(dims, int) else list(dims)
-    axes = sorted(d % rank for d in dims)
+    axes = reduced_axes(node.attrs["dim"], len(node.inputs[0].meta.shape))
     keep = int(bool(node.attrs["keepdim"]))
     if b.opset >= 18:  # axes became an input in opset 18
         ax = b.init(f"{node.name}_axes", np.array(axes, np.int64))
@@ -241,8 +238,7 @@ def build_onnx(
             f"ONNX opset {opset!r} cannot be exported: this exporter writes opsets {MIN_OPSET} to {newest} (the "
             f"installed onnx {onnx.__version__}). Fix: set onnx_opset_version (or opset_version) in that range."
         )
-    b = _Builder(graph, plan, table)
-    b.opset = opset
+    b = _Builder(graph, plan, table, opset)
     graph_inputs, graph_outputs = [], []
     for node in graph.nodes:
         if node.op is Op.INPUT:

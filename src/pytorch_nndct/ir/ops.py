@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["OPS", "Op", "OpDef", "OutputRule"]
+__all__ = ["OPS", "Op", "OpDef", "OutputRule", "reduced_axes"]
 
 
 class Op(enum.Enum):
@@ -198,3 +198,9 @@ def _defs() -> dict[Op, OpDef]:
 
 
 OPS: dict[Op, OpDef] = _defs()
+
+
+def reduced_axes(dim: int | list[int] | tuple[int, ...] | None, rank: int) -> list[int]:
+    """The axes a reduction's `dim` attribute names (None: all), non-negative and sorted."""
+    dims = range(rank) if dim is None else [dim] if isinstance(dim, int) else dim
+    return sorted(d % rank for d in dims)

@@ -89,21 +89,27 @@ class LayerCorrection:
         self.abs_with = self.abs_without = self.sq_with = self.sq_without = None
         self._float: tuple | None = None  # (shape, means, means of the first half, sampled rows, live rows)
 
-    def _rows(self, y: torch.Tensor, live: torch.Tensor | None, sample: bool = True) -> torch.Tensor:
-        """The positions of `y` that reach the output (`live`), as rows of channels; `sample`: a fixed sample."""
-        rows = y.detach().movedim(self.channel_dim % y.dim(), -1).reshape(-1, y.shape[self.channel_dim])
-        if live is not None:
-            rows = rows[live]
-        return (rows[:: max(1, rows.shape[0] // self.SAMPLE_ROWS)] if sample else rows).float()
+    def as_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` (this layer's output, or a tensor laid out like it) as rows of channels, one per position."""
+        return t.detach().movedim(self.channel_dim % t.dim(), -1).reshape(-1, t.shape[self.channel_dim])
+
+    def _rows(self, y: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+        """The positions of `y` that reach the output (`live`), as float rows of channels."""
+        rows = self.as_rows(y)
+        return (rows if live is None else rows[live]).float()
+
+    def _sample(self, rows: torch.Tensor) -> torch.Tensor:
+        """A fixed sample of the rows, the ones the guard scores."""
+        return rows[:: max(1, rows.shape[0] // self.SAMPLE_ROWS)]
 
     def record_float(self, y: torch.Tensor, live: torch.Tensor | None = None) -> None:
         """The float pass's output of the layer; `live`: which rows (positions) reach the model's output."""
         if live is not None and not bool(live.any()):
             self._float = None
             return
-        rows = self._rows(y, live, sample=False)
+        rows = self._rows(y, live)
         half = rows.shape[0] // 2
-        self._float = (y.shape, rows.mean(0), rows[:half].mean(0) if half else None, self._rows(y, live), live)
+        self._float = (y.shape, rows.mean(0), rows[:half].mean(0) if half else None, self._sample(rows), live)
 
     def update(self, y: torch.Tensor) -> torch.Tensor:
         """Quantized pass: score the candidate, move it, return `y` with the change of `value` applied."""
@@ -115,8 +121,8 @@ class LayerCorrection:
         if part is None:
             return y
         applied = self.value
-        rows = self._rows(part, live, sample=False)  # the quantized output with `applied` in the bias
-        bare = self._rows(part, live) - float_rows  # the error on the sample, without any correction
+        rows = self._rows(part, live)  # the quantized output with `applied` in the bias
+        bare = self._sample(rows) - float_rows  # the error on the sample, without any correction
         if applied is not None:
             rows, bare = rows - applied, bare - applied
         residual = rows.mean(0) - float_means
@@ -221,8 +227,7 @@ class BiasCorrector:
         for (layer, y, _), grad in zip(self._seen, grads, strict=True):
             live = None
             if grad is not None:
-                dim = layer.channel_dim % y.dim()
-                live = grad.detach().movedim(dim, -1).reshape(-1, y.shape[dim]).abs().sum(1) > 0
+                live = layer.as_rows(grad).abs().sum(1) > 0
                 dead |= not bool(live.all())
             layer.record_float(y, live)
         self.find_live = dead  # no position is dead: later batches skip the gradient
