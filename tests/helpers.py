@@ -99,3 +99,15 @@ def golden(name: str, text: str) -> None:
     assert path.exists(), f"missing golden file {path}; run with NNDCT_REGEN_GOLDEN=1 and review it"
     expected = path.read_text()
     assert text == expected, f"{name} differs from the golden file; run with NNDCT_REGEN_GOLDEN=1 to review"
+
+
+def calib_then_test(model, example, batches, out_dir, **kwargs):
+    """Calibrate on `batches`, export quant_info.json, and return (calib, test) quantizers over `out_dir`."""
+    from pytorch_nndct.apis import torch_quantizer
+
+    calib = torch_quantizer("calib", model, (example,), output_dir=out_dir, **kwargs)
+    with torch.no_grad():
+        for b in batches:
+            calib.quant_model(b)
+    calib.export_quant_config()
+    return calib, torch_quantizer("test", model, (example,), output_dir=out_dir, **kwargs)

@@ -42,6 +42,18 @@ MODELS = [
 
 
 @pytest.mark.slow
+def _assert_regenerated(name, model, graph, size, batches, tmp_path):
+    """The module regenerated from `graph` matches the float model at each batch size."""
+    loaded = nd.load_module(nd.write_module(graph, tmp_path))
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.randn(batch, *size)
+            ref, out = model(x), loaded(x)
+            assert out.shape == ref.shape
+            db = sqnr_db(ref, out)
+            assert db > REGEN_SQNR_DB, f"{name} at batch {batch}: SQNR {db:.1f} dB"
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_regenerated_model_matches_float(name, tmp_path):
     size = (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
@@ -50,14 +62,7 @@ def test_regenerated_model_matches_float(name, tmp_path):
     # structural: no batch-norm is left after a conv (none is left at all: the rest become channel scales)
     assert not [n for n in graph.nodes if n.op is Op.BATCH_NORM and n.inputs[0].op in CONV_OPS]
     assert not graph.find(Op.BATCH_NORM)
-    loaded = nd.load_module(nd.write_module(graph, tmp_path))
-    with torch.no_grad():
-        for batch in (2, 3):
-            x = torch.randn(batch, *size)
-            ref, out = model(x), loaded(x)
-            assert out.shape == ref.shape
-            db = sqnr_db(ref, out)
-            assert db > REGEN_SQNR_DB, f"{name} at batch {batch}: SQNR {db:.1f} dB"
+    _assert_regenerated(name, model, graph, size, (2, 3), tmp_path)
 
 
 # Captured from a batch-1 example (as most users write it), the regenerated model runs at batch 3. Small images keep
@@ -79,14 +84,7 @@ def test_captured_from_batch_one_runs_at_batch_three(name, tmp_path):
     model = prepare_model(torchvision.models.get_model(name, **kwargs), size)
     graph = nd.optimize(nd.trace(model, torch.randn(1, *size)))
     assert graph.inputs[0].meta.shape[0] == "B"
-    loaded = nd.load_module(nd.write_module(graph, tmp_path))
-    with torch.no_grad():
-        for batch in (1, 3):
-            x = torch.randn(batch, *size)
-            ref, out = model(x), loaded(x)
-            assert out.shape == ref.shape
-            db = sqnr_db(ref, out)
-            assert db > REGEN_SQNR_DB, f"{name} at batch {batch}: SQNR {db:.1f} dB"
+    _assert_regenerated(name, model, graph, size, (1, 3), tmp_path)
 
 
 @pytest.mark.slow

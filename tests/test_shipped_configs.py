@@ -13,8 +13,7 @@ import torch
 import torchvision
 from onnx_check import compare
 
-from helpers import prepare_model
-from pytorch_nndct.apis import torch_quantizer
+from helpers import calib_then_test, prepare_model
 
 CONFIGS = Path(__file__).parent / "configs"
 NAMES = ["int_config", "bfloat16_config", "mix_precision_config", "gpu_quant_config", "gemm88_config", "uif",
@@ -28,12 +27,7 @@ def _run(name: str, arch: str, out: Path):
     model = prepare_model(getattr(torchvision.models, arch)(num_classes=10), (3, 32, 32), bn_stats="exact")
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(2, 3, 32, 32, generator=g) for _ in range(2)]
-    calib = torch_quantizer("calib", model, (batches[0],), output_dir=out, quant_config_file=config)
-    with torch.no_grad():
-        for b in batches:
-            calib.quant_model(b)
-    calib.export_quant_config()
-    test = torch_quantizer("test", model, (batches[0],), output_dir=out, quant_config_file=config)
+    calib, test = calib_then_test(model, batches[0], batches, out, quant_config_file=config)
     path = test.export_onnx_model(out / "onnx")
     return calib, test, path, torch.randn(3, 3, 32, 32, generator=g)
 

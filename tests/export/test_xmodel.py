@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 from wire import read_graph, read_root
 
-from helpers import golden, prepare_model
+from helpers import calib_then_test, golden, prepare_model
 from pytorch_nndct.apis import dump_xmodel, torch_quantizer
 from pytorch_nndct.errors import NndctError, OutputDirError
 from pytorch_nndct.export.deploy import lower
@@ -28,12 +28,7 @@ from small_models import golden_models
 
 
 def _quantize(model, example, batches, out_dir, **kwargs):
-    calib = torch_quantizer("calib", model, (example,), output_dir=out_dir, **kwargs)
-    with torch.no_grad():
-        for b in batches:
-            calib.quant_model(b)
-    calib.export_quant_config()
-    return torch_quantizer("test", model, (example,), output_dir=out_dir, **kwargs)
+    return calib_then_test(model, example, batches, out_dir, **kwargs)[1]
 
 
 class ShuffleSlice(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_config import _data
 
+from helpers import calib_then_test
 from pytorch_nndct.apis import torch_quantizer
 from pytorch_nndct.errors import NndctError
 from pytorch_nndct.quant.calibrated import load_table
@@ -22,12 +23,7 @@ def _quantizers(tmp_path, doc):
     model, batches = _data()
     config = tmp_path / "config.json"
     config.write_text(json.dumps(doc))
-    calib = torch_quantizer("calib", model, (batches[0],), output_dir=tmp_path, quant_config_file=config)
-    with torch.no_grad():
-        for b in batches:
-            calib.quant_model(b)
-    calib.export_quant_config()
-    test = torch_quantizer("test", model, (batches[0],), output_dir=tmp_path, quant_config_file=config)
+    calib, test = calib_then_test(model, batches[0], batches, tmp_path, quant_config_file=config)
     return calib, test, batches
 
 
