@@ -161,6 +161,14 @@ def _linear(node: Node, ctx: _Ctx) -> Emission:
     return Emission(init, f"{{m}}({ctx.var(node.inputs[0])})", _weighted(("weight", "bias"), node))
 
 
+@emits(Op.EMBEDDING)
+def _embedding(node: Node, ctx: _Ctx) -> Emission:
+    w = ctx.graph.param(node, "weight")
+    pad = node.attrs["padding_idx"]
+    init = f"nndct_nn.Embedding(num_embeddings={w.shape[0]}, embedding_dim={w.shape[1]}, padding_idx={pad!r})"
+    return Emission(init, f"{{m}}({ctx.var(node.inputs[0])})", _weighted(("weight",), node))
+
+
 @emits(Op.BATCH_NORM)
 def _batch_norm(node: Node, ctx: _Ctx) -> Emission:
     n = ctx.graph.param(node, "running_mean").numel()

@@ -187,6 +187,14 @@ def _native_bn(call: Call) -> Spec | None:
     return _bn(call, True)
 
 
+@converts("aten.embedding.default", produces=Op.EMBEDDING)
+def _embedding(call: Call) -> Spec | None:
+    params = _params(call, weight="weight")
+    if params is None or "weight" not in params:
+        return None
+    return Spec(Op.EMBEDDING, [call.args["indices"]], {"padding_idx": call.args.get("padding_idx", -1)}, params)
+
+
 @converts("aten.layer_norm.default", produces=Op.LAYER_NORM)
 def _layer_norm(call: Call) -> Spec | None:
     params = _params(call, weight="weight", bias="bias")

@@ -31,6 +31,7 @@ class Op(enum.Enum):
     CONV_TRANSPOSE2D = "conv_transpose2d"
     CONV_TRANSPOSE3D = "conv_transpose3d"
     LINEAR = "linear"
+    EMBEDDING = "embedding"
     BATCH_NORM = "batch_norm"
     CHANNEL_SCALE = "channel_scale"
     LAYER_NORM = "layer_norm"
@@ -141,6 +142,7 @@ def _defs() -> dict[Op, OpDef]:
         OpDef(Op.CONV_TRANSPOSE2D, params=_W_B, optional=("bias",), attrs=(*_CONV_ATTRS, "output_padding")),
         OpDef(Op.CONV_TRANSPOSE3D, params=_W_B, optional=("bias",), attrs=(*_CONV_ATTRS, "output_padding")),
         OpDef(Op.LINEAR, params=_W_B, optional=("bias",)),
+        OpDef(Op.EMBEDDING, params=("weight",), attrs=("padding_idx",)),
         OpDef(
             Op.BATCH_NORM,
             params=("weight", "bias", "running_mean", "running_var"),

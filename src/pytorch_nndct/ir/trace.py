@@ -17,7 +17,6 @@ import logging
 import re
 import traceback
 import warnings
-from collections import Counter
 from typing import Any
 
 import torch
@@ -28,7 +27,6 @@ from .batch import WIDE_BATCH, batch_of, divergence, dynamic_shapes, mismatch, w
 from .concrete import concrete_trace
 from .fx_import import FxSource, import_fx, user_frame
 from .graph import Graph, InputSpec, Ref
-from .ops import Op
 from .verify import verify
 
 __all__ = ["normalize_inputs", "trace"]
@@ -310,17 +308,4 @@ def trace(module: torch.nn.Module, example_inputs: Any) -> Graph:
     finally:
         module.train(was_training)
     verify(graph)
-    _warn_unknown_ops(graph)
     return graph
-
-
-def _warn_unknown_ops(graph: Graph) -> None:
-    counts = Counter(n.attrs["target"] for n in graph.nodes if n.op is Op.ATEN)
-    if counts:
-        listing = ", ".join(f"{t} x{c}" for t, c in sorted(counts.items()))
-        log.warning(
-            "%d op(s) of %s have no quantized equivalent and run in float: %s",
-            sum(counts.values()),
-            graph.name,
-            listing,
-        )

@@ -20,6 +20,7 @@ __all__ = [
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTranspose3d",
+    "Embedding",
     "GroupNorm",
     "Input",
     "LayerNorm",
@@ -128,6 +129,20 @@ class Linear(QuantHooks, torch.nn.Linear):
             return self._out(self._seen(F.linear(input, w, b)))
         q, s, b_s = view
         return self._out(self._seen(F.linear(input, q, b_s) * s))
+
+
+class Embedding(QuantHooks, torch.nn.Module):
+    """A lookup table: its rows are the (quantized) weight's."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int = -1) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self.padding_idx = padding_idx
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._out(
+            F.embedding(indices, self._p("weight", self.weight), None if self.padding_idx < 0 else self.padding_idx)
+        )
 
 
 class LayerNorm(QuantHooks, torch.nn.LayerNorm):

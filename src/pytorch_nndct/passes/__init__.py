@@ -7,10 +7,13 @@ default pipeline and renumbers the nodes so their names are compact and stable.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from ..ir.graph import Graph
+from ..ir.ops import Op
 from ..ir.verify import GraphInvariantError, verify
+from .attention import decompose_attention_
 from .cleanup import remove_dead_code_, remove_dropout_, remove_identity_
 from .equalize import equalization_pairs, equalize_
 from .fold_bn import bn_to_channel_scale_, fold_bn_
@@ -19,6 +22,7 @@ __all__ = [
     "DEFAULT_PASSES",
     "Pass",
     "bn_to_channel_scale_",
+    "decompose_attention_",
     "equalization_pairs",
     "equalize_",
     "fold_bn_",
@@ -37,6 +41,7 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
     remove_dropout_,
     remove_identity_,
     remove_dead_code_,
+    decompose_attention_,
     fold_bn_,
     bn_to_channel_scale_,
     remove_dead_code_,
@@ -61,4 +66,18 @@ def optimize(graph: Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Graph:
     """Run the default passes on `graph` (in place) and renumber its nodes; returns the graph."""
     run_passes(graph, passes)
     graph.renumber()
+    _warn_unknown_ops(graph)
     return graph
+
+
+def _warn_unknown_ops(graph: Graph) -> None:
+    """Name the ATen ops left in float after the passes (decomposed attention is not among them)."""
+    counts = Counter(n.attrs["target"] for n in graph.nodes if n.op is Op.ATEN)
+    if counts:
+        listing = ", ".join(f"{t} x{c}" for t, c in sorted(counts.items()))
+        log.warning(
+            "%d op(s) of %s have no quantized equivalent and run in float: %s",
+            sum(counts.values()),
+            graph.name,
+            listing,
+        )

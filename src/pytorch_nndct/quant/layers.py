@@ -33,6 +33,7 @@ TYPE_OPS: dict[str, frozenset[Op]] = {
     "BatchNorm1d": _C({Op.BATCH_NORM, Op.CHANNEL_SCALE}),
     "BatchNorm2d": _C({Op.BATCH_NORM, Op.CHANNEL_SCALE}),
     "BatchNorm3d": _C({Op.BATCH_NORM, Op.CHANNEL_SCALE}),
+    "Embedding": _C({Op.EMBEDDING}),
     "LayerNorm": _C({Op.LAYER_NORM}),
     "GroupNorm": _C({Op.GROUP_NORM}),
     "ReLU": _C({Op.RELU}),

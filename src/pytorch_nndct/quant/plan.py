@@ -6,8 +6,12 @@
 - A quantized op starts a group; an activation- or layout-like op joins the group when it is the only
   reader of the group's end, and the point sits at the group's end (conv -> relu: one point, after relu).
 - A group whose only reader is a concat gets no point of its own: it uses the concat's.
-- Float ops (sigmoid, softmax, layer-norm, unknown ATen ops) are not quantized; their output gets a point
-  where it feeds a quantized op.
+- Softmax, GELU, layer-norm and group-norm are computed in float on their quantized input and their output
+  is quantized (the original's `quant_input_output`).
+- Other float ops (sigmoid, unknown ATen ops) are not quantized; their output gets a point where it feeds a
+  quantized op.
+- Attention masks and other large constants, and the data they are applied to, stay off the 8-bit grids
+  (quant/masks.py): computed in float, no point.
 - Hardware-aware quantization (VAIQ35 1.3): `float_nodes` names nodes the target cannot run; they are planned
   as float ops whatever their op (no parameter points, no group), with the reason given.
 
@@ -28,6 +32,7 @@ from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import CONV_OPS, Op
 from .config import QuantConfig
 from .layers import LayerRef, any_match, scope_path
+from .masks import off_grid
 from .spec import CalibSpec, QuantSpec, TensorKind
 
 __all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "layer_refs", "make_plan"]
@@ -37,6 +42,7 @@ log = logging.getLogger("pytorch_nndct")
 
 class Role(enum.Enum):
     QUANTIZED = "quantized"  # runs on the DPU; its output gets its own point (at the end of its group)
+    FLOAT_IO = "float_io"  # computed in float on its quantized input; its output gets its own point
     FUSIBLE = "fusible"  # activation-like: joins its producer's group
     LAYOUT = "layout"  # moves values only: joins its producer's group, or keeps its input's point
     FLOAT = "float"  # runs in float; quantized only where it feeds a quantized op
@@ -44,6 +50,7 @@ class Role(enum.Enum):
 
 
 _Q, _F, _L, _FL, _S = Role.QUANTIZED, Role.FUSIBLE, Role.LAYOUT, Role.FLOAT, Role.STRUCTURE
+_IO = Role.FLOAT_IO
 QUANT_ROLE: dict[Op, Role] = {
     Op.INPUT: _Q,
     Op.CONST: _Q,
@@ -52,10 +59,11 @@ QUANT_ROLE: dict[Op, Role] = {
     Op.SCALAR: _S,
     **{op: _Q for op in CONV_OPS},
     Op.LINEAR: _Q,
+    Op.EMBEDDING: _Q,
     Op.BATCH_NORM: _Q,
     Op.CHANNEL_SCALE: _Q,
-    Op.LAYER_NORM: _FL,
-    Op.GROUP_NORM: _FL,
+    Op.LAYER_NORM: _IO,
+    Op.GROUP_NORM: _IO,
     Op.RELU: _F,
     Op.RELU6: _F,
     Op.HARDTANH: _F,
@@ -63,10 +71,10 @@ QUANT_ROLE: dict[Op, Role] = {
     Op.SIGMOID: _FL,
     Op.TANH: _FL,
     Op.SILU: _FL,
-    Op.GELU: _FL,
+    Op.GELU: _IO,
     Op.HARDSIGMOID: _Q,
     Op.HARDSWISH: _Q,
-    Op.SOFTMAX: _FL,
+    Op.SOFTMAX: _IO,
     Op.ADD: _Q,
     Op.SUB: _Q,
     Op.MUL: _Q,
@@ -100,7 +108,7 @@ QUANT_ROLE: dict[Op, Role] = {
 
 # parameter roles that are quantized, and as what
 _PARAM_KINDS = {"weight": TensorKind.WEIGHT, "bias": TensorKind.BIAS, "value": TensorKind.WEIGHT}
-_PARAM_OPS = frozenset({*CONV_OPS, Op.LINEAR, Op.CHANNEL_SCALE, Op.CONST})
+_PARAM_OPS = frozenset({*CONV_OPS, Op.LINEAR, Op.EMBEDDING, Op.CHANNEL_SCALE, Op.CONST})
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,10 @@ def make_plan(
     """
     config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
     forced = dict(float_nodes or {})
+    masks = off_grid(graph)
+    unpointed = {**masks.large, **masks.masked, **_float_sums(graph)}  # float, and read in float
+    for name, why in unpointed.items():
+        forced.setdefault(name, why)
 
     def role_of(node: Node) -> Role:
         if node.name in forced and QUANT_ROLE[node.op] is not Role.STRUCTURE:
@@ -205,7 +217,7 @@ def make_plan(
         role = role_of(node)
         if node.name in grouped:
             continue
-        if role is Role.QUANTIZED and _is_float_tensor(node):
+        if role in (Role.QUANTIZED, Role.FLOAT_IO) and _is_float_tensor(node):
             end = group_end(node)
             members = [node]
             while members[-1] is not end:
@@ -242,16 +254,36 @@ def make_plan(
                         if key == end:
                             plan.tensor_point[name] = shared
 
-    # float outputs get a point where they feed a quantized op
+    # float outputs get a point where they feed a quantized op (masks and masked data stay float)
     for node in graph.nodes:
-        if role_of(node) is not Role.QUANTIZED or node.op in (Op.INPUT, Op.CONST):
+        if role_of(node) not in (Role.QUANTIZED, Role.FLOAT_IO) or node.op in (Op.INPUT, Op.CONST):
             continue
         for src in node.inputs:
-            if src.name not in plan.tensor_point and _is_float_tensor(src) and role_of(src) is not Role.STRUCTURE:
+            if src.name in unpointed or (role_of(src) is Role.STRUCTURE and src.op is not Op.GETITEM):
+                continue  # sizes and tuples are not quantized; a tensor taken from a float op's tuple is
+            if src.name not in plan.tensor_point and _is_float_tensor(src):
                 add_point(src.name, TensorKind.ACTIVATION, src)
                 plan.tensor_point[src.name] = src.name
     _warn_unmatched(config, list(refs.values()))
     return plan
+
+
+_NORMS = frozenset({Op.LAYER_NORM, Op.GROUP_NORM})
+
+
+def _float_sums(graph: Graph) -> dict[str, str]:
+    """Additions read only by layer/group norms: computed in float with the norm (SPEC 2.7, doing better).
+
+    The norm runs in float on the host anyway; an 8-bit grid on the sum in between cannot hold a transformer's
+    residual stream (values of 0.1 to 1 beside outlier channels of 50 to 200), so the sum of the two quantized
+    inputs goes to the norm exactly.
+    """
+    out = {}
+    for node in graph.nodes:
+        if node.op in (Op.ADD, Op.SUB) and node.users and all(u.op in _NORMS for u in node.users):
+            if not _is_output(graph, node):
+                out[node.name] = "a residual sum read only by a float layer/group norm: computed in float with it"
+    return out
 
 
 def layer_refs(graph: Graph, module_types: Mapping[str, type]) -> dict[str, LayerRef]:

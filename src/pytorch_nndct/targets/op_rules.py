@@ -195,8 +195,8 @@ def _softmax(ctx: Context, node: Node) -> Verdict:
     return no(f"softmax can't be assigned to DPU: {ctx.target.name} has no engine that computes softmax.")
 
 
-_HOST = (Op.SIGMOID, Op.TANH, Op.SILU, Op.GELU, Op.LAYER_NORM, Op.GROUP_NORM, Op.DIV, Op.BATCH_NORM, Op.ATEN,
-         Op.EXPAND, Op.PIXEL_SHUFFLE, Op.DROPOUT, Op.IDENTITY, Op.CONV1D, Op.CONV3D, Op.CONV_TRANSPOSE1D,
+_HOST = (Op.EMBEDDING, Op.SIGMOID, Op.TANH, Op.SILU, Op.GELU, Op.LAYER_NORM, Op.GROUP_NORM, Op.DIV,
+         Op.BATCH_NORM, Op.ATEN, Op.EXPAND, Op.PIXEL_SHUFFLE, Op.DROPOUT, Op.IDENTITY, Op.CONV1D, Op.CONV3D, Op.CONV_TRANSPOSE1D,
          Op.CONV_TRANSPOSE3D)  # fmt: skip
 
 
