@@ -196,8 +196,8 @@ def _softmax(ctx: Context, node: Node) -> Verdict:
 
 
 _HOST = (Op.EMBEDDING, Op.SIGMOID, Op.TANH, Op.SILU, Op.GELU, Op.LAYER_NORM, Op.GROUP_NORM, Op.DIV,
-         Op.BATCH_NORM, Op.ATEN, Op.EXPAND, Op.PIXEL_SHUFFLE, Op.DROPOUT, Op.IDENTITY, Op.CONV1D, Op.CONV3D, Op.CONV_TRANSPOSE1D,
-         Op.CONV_TRANSPOSE3D)  # fmt: skip
+         Op.BATCH_NORM, Op.ATEN, Op.EXPAND, Op.PIXEL_SHUFFLE, Op.DROPOUT, Op.IDENTITY, Op.CONV1D, Op.CONV3D,
+         Op.CONV_TRANSPOSE1D, Op.CONV_TRANSPOSE3D)  # fmt: skip
 
 
 @rule(*_HOST)
