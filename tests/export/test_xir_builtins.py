@@ -7,9 +7,12 @@ import pytest
 import torch
 import torchvision
 from builtin_models import builtin_cases
+from test_xmodel import as_deployed, check_xmodel
 
 from helpers import calib_then_test
-from pytorch_nndct.export.deploy import CUSTOM_REASONS, LOWERINGS
+from pytorch_nndct.export.deploy import CUSTOM_REASONS, LOWERINGS, lower
+from pytorch_nndct.export.integer import IntValue, run_integer
+from pytorch_nndct.export.reference import run_deploy_graph
 from pytorch_nndct.export.xir_schema import schema
 from pytorch_nndct.ir.ops import Op
 
@@ -49,8 +52,9 @@ def _export(case, tmp_path, batch: int = 2) -> list:
     back with our schema: the OPNode messages."""
     model, example, batches = builtin_cases()[case]() if isinstance(case, str) else case
     quantizer = calib_then_test(model, example, batches, tmp_path)[1]
-    graph = schema().Graph.FromString(quantizer.export_xmodel(tmp_path, batch_size=batch).read_bytes())
-    return list(graph.op_node)
+    buf = quantizer.export_xmodel(tmp_path, batch_size=batch).read_bytes()
+    check_xmodel(buf, batch)
+    return list(schema().Graph.FromString(buf).op_node)
 
 
 def check_builtins(nodes: list) -> None:
@@ -73,6 +77,23 @@ def check_builtins(nodes: list) -> None:
         if n.op_type == "prelu":
             slopes = list(by_name[args["weight"][0]].output_tensor.tensor_dim)
             assert slopes in ([1], [list(n.output_tensor.tensor_dim)[-1]]), "prelu slopes run along the last dim"
+
+
+@pytest.mark.parametrize("case", sorted(builtin_cases()))
+def test_reference_and_integer_runs_equal_the_simulation(case, tmp_path):
+    """Each built-in executes in the reference and integer runs as the simulation computes it: bit for bit."""
+    model, example, batches = builtin_cases()[case]()
+    quantizer = calib_then_test(model, example, batches, tmp_path)[1]
+    x = torch.randn(3, *example.shape[1:])
+    with torch.no_grad():
+        simulated = quantizer.quant_model(x)
+    deploy = lower(quantizer.export_graph(), quantizer.plan, quantizer.table, batch=3)
+    last = deploy.ops[-1].name
+    out = run_deploy_graph(deploy, [x])[last]
+    assert torch.equal(out, as_deployed(simulated, out)), f"max |diff| {(out - simulated).abs().max().item()}"
+    value = run_integer(deploy, [x])[last]
+    assert isinstance(value, IntValue), "the network output should come out of a fix"
+    assert torch.equal(value.to_float(), as_deployed(simulated, out))
 
 
 def test_cnn_writes_builtins(tmp_path):

@@ -10,7 +10,6 @@ import struct
 import pytest
 import torch
 import torchvision
-from builtin_models import builtin_cases
 from torch import nn
 from wire import read_graph, read_root
 
@@ -77,7 +76,6 @@ def _cases():
             return model, torch.randn(2, 3, 224, 224), [torch.randn(2, 3, 224, 224)]
 
         cases[name] = make
-    cases.update(builtin_cases())
     return cases
 
 
