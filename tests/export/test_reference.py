@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_xmodel import CASES, _quantize, as_deployed, simulate_and_lower
+from test_xmodel import CASES, NormBetweenConvs, _quantize, as_deployed, simulate_and_lower
 
 from pytorch_nndct.errors import NndctError
 from pytorch_nndct.export.deploy import lower
@@ -20,9 +20,9 @@ def test_deploy_graph_equals_simulation(case, tmp_path):
 
 
 def test_custom_ops_cannot_run(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GELU(), torch.nn.Conv2d(4, 2, 1)).eval()
-    x = torch.randn(2, 3, 5, 5)
+    model = NormBetweenConvs(lambda t: torch.cumsum(t, dim=1)).eval()  # layer norm and cumsum: no XIR built-in
+    x = torch.randn(2, 3, 6, 6)
     quantizer = _quantize(model, x, [x], tmp_path)
     deploy = lower(quantizer.export_graph(), quantizer.plan, quantizer.table)
-    with pytest.raises(NndctError, match="cannot execute 'nndct_gelu'"):
+    with pytest.raises(NndctError, match="cannot execute 'nndct_layer_norm'"):
         run_deploy_graph(deploy, [x[:1]])

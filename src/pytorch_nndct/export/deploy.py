@@ -25,7 +25,7 @@ from ..quant.plan import QuantPlan
 from ..quant.primitives import avgpool_factor, fake_quantize
 from ..quant.table import QuantTable
 
-__all__ = ["LOWERINGS", "DeployGraph", "XOp", "fixed_batch", "lower", "sanitize"]
+__all__ = ["ATEN_LOWERINGS", "CUSTOM_REASONS", "LOWERINGS", "DeployGraph", "XOp", "fixed_batch", "lower", "sanitize"]
 
 
 def sanitize(name: str) -> str:
@@ -196,8 +196,10 @@ class _Lowering:
     def run(self) -> DeployGraph:
         for node in self.graph.nodes:
             fn = LOWERINGS.get(node.op)
+            if fn is None and node.op is Op.ATEN:
+                fn = ATEN_LOWERINGS.get(node.attrs["target"])
             if fn is None:
-                self.custom(node, f"{node.op.value} has no XIR lowering yet")
+                self.custom(node, _custom_reason(node))
                 continue
             fn(self, node)
         return self.out
@@ -205,9 +207,32 @@ class _Lowering:
 
 Lower = Callable[[_Lowering, Node], None]
 LOWERINGS: dict[Op, Lower] = {}
+ATEN_LOWERINGS: dict[str, Lower] = {}  # Op.ATEN nodes, by target, that XIR has a built-in for
 
 
 lowers = registrar(LOWERINGS)
+lowers_aten = registrar(ATEN_LOWERINGS)
+
+# Ops with no entry in LOWERINGS: written as `nndct_<op>` custom ops, for this reason.
+CUSTOM_REASONS: dict[Op, str] = {
+    Op.LAYER_NORM: "XIR 3.5 has no layernorm op (only batchnorm, instancenorm and groupnorm)",
+    Op.BATCH_NORM: "not reached: the passes turn every batch norm into channel_scale (written as `scale`)",
+    Op.CONV1D: "not lowered yet: XIR's conv1d reads [N, L, C] values, a layout the exporter does not track",
+    Op.CONV3D: "not lowered yet: XIR's conv3d reads NHWDC values, a layout the exporter does not track",
+    Op.CONV_TRANSPOSE1D: "not lowered yet: XIR's transposed convolutions (weight flip, pads) are not verified",
+    Op.CONV_TRANSPOSE2D: "not lowered yet: XIR's transposed convolutions (weight flip, pads) are not verified",
+    Op.CONV_TRANSPOSE3D: "not lowered yet: XIR's transposed convolutions (weight flip, pads) are not verified",
+    Op.PIXEL_SHUFFLE: "XIR's pixel-shuffle works on NHWC values, and its channel order is not confirmed to be "
+    "PyTorch's",
+    Op.ATEN: "written through ATEN_LOWERINGS where XIR has a built-in for the target; other targets (sqrt, pow, "
+    "embedding, cumsum, ...) have none",
+}
+
+
+def _custom_reason(node: Node) -> str:
+    if node.op is Op.ATEN:
+        return f"{node.attrs['target']} has no XIR built-in"
+    return f"{node.op.value}: {CUSTOM_REASONS.get(node.op, 'has no XIR lowering yet')}"
 
 
 def _spatial(lw: _Lowering, node: Node) -> bool:
@@ -304,7 +329,7 @@ def _channel_scale(lw: _Lowering, node: Node) -> None:
     lw.emit(node, XOp(lw.op_name(node), "scale", lw.phys_shape(node), {"axis": ("int32", -1)}, args), nhwc)
 
 
-_ELTWISE = {Op.ADD: "add", Op.SUB: "sub", Op.MUL: "mul"}
+_ELTWISE = {Op.ADD: "add", Op.SUB: "sub", Op.MUL: "mul", Op.DIV: "div"}
 
 
 @lowers(*_ELTWISE)
@@ -312,6 +337,9 @@ def _eltwise(lw: _Lowering, node: Node) -> None:
     a = node.attrs
     if a.get("alpha", 1) != 1:
         lw.custom(node, f"{node.op.value} with alpha {a['alpha']}")
+        return
+    if a.get("rounding_mode") is not None:
+        lw.custom(node, f"div with rounding_mode={a['rounding_mode']!r}: XIR's div is a true division")
         return
     nhwc = lw.follows_nhwc(node)
     if nhwc:
@@ -397,15 +425,24 @@ _ACTIVATIONS = {
     Op.HARDSIGMOID: "hard-sigmoid",
     Op.HARDSWISH: "hard-swish",
     Op.SILU: "swish",
+    Op.GELU: "gelu",
 }
 
 
 @lowers(*_ACTIVATIONS)
 def _activation(lw: _Lowering, node: Node) -> None:
+    if node.op is Op.GELU and node.attrs["approximate"] != "none":
+        lw.custom(node, f"gelu with approximate={node.attrs['approximate']!r}: XIR's gelu is the erf form")
+        return
+    _elementwise(lw, node, _ACTIVATIONS[node.op])
+
+
+def _elementwise(lw: _Lowering, node: Node, kind: str, attrs: dict[str, tuple[str, Any]] | None = None) -> None:
+    """A one-input element-wise op: it keeps its input's layout."""
     nhwc = lw.follows_nhwc(node)
     if nhwc:
         lw.nhwc.add(node.name)
-    op = XOp(lw.op_name(node), _ACTIVATIONS[node.op], lw.phys_shape(node), {}, {"input": lw.inputs(node, nhwc)})
+    op = XOp(lw.op_name(node), kind, lw.phys_shape(node), attrs or {}, {"input": [lw.value_as(node.inputs[0], nhwc)]})
     lw.emit(node, op, nhwc)
 
 
@@ -597,7 +634,7 @@ def _interpolate(lw: _Lowering, node: Node) -> None:
     lw.emit(node, XOp(lw.op_name(node), "resize", lw.phys_shape(node), attrs, {"input": lw.inputs(node, True)}), True)
 
 
-_PAD_MODES = {"constant": "CONSTANT"}  # reflect / replicate: custom ops for now
+_PAD_MODES = {"constant": "CONSTANT", "reflect": "REFLECT"}  # replicate: SYMMETRIC when no pad exceeds 1
 
 
 @lowers(Op.PAD)
@@ -605,7 +642,10 @@ def _pad(lw: _Lowering, node: Node) -> None:
     a = node.attrs
     src = node.inputs[0]
     rank = len(lw.logical_shape(src))
-    if a["mode"] not in _PAD_MODES or len(a["pad"]) % 2 or len(a["pad"]) > 2 * rank:
+    mode = _PAD_MODES.get(a["mode"])
+    if a["mode"] == "replicate" and max(a["pad"], default=0) <= 1:
+        mode = "SYMMETRIC"  # mirroring with the edge repeats the edge once: replicate's pads of 1
+    if mode is None or len(a["pad"]) % 2 or len(a["pad"]) > 2 * rank:
         lw.custom(node, f"{a['mode']} padding")
         return
     per_dim = [[0, 0] for _ in range(rank)]
@@ -617,9 +657,10 @@ def _pad(lw: _Lowering, node: Node) -> None:
         per_dim = [per_dim[i] for i in (0, 2, 3, 1)]
     attrs = {
         "paddings": ("int32_vec", [p for pair in per_dim for p in pair]),
-        "mode": ("string", _PAD_MODES[a["mode"]]),
-        "constant_values": ("float_vec", [float(a["value"] or 0.0)] * (2 * rank)),
+        "mode": ("string", mode),
     }
+    if mode == "CONSTANT":
+        attrs["constant_values"] = ("float_vec", [float(a["value"] or 0.0)] * (2 * rank))
     lw.emit(node, XOp(lw.op_name(node), "pad", lw.phys_shape(node), attrs, {"input": [lw.value[src.name]]}), nhwc)
 
 
@@ -656,3 +697,6 @@ def _custom(lw: _Lowering, node: Node) -> None:
     op = XOp(lw.op_name(node), node.attrs["op_type"], shape, attrs, args)
     lw.out.custom[op.name] = f"custom op {node.attrs['op_type']}: runs on the CPU with your implementation"
     lw.emit(node, op, nhwc)
+
+
+from . import deploy_ops  # noqa: E402, F401  (fills LOWERINGS and ATEN_LOWERINGS with more built-ins)

@@ -23,7 +23,7 @@ from ..quant.primitives import avgpool_factor, quantize
 from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
 from .reference import EXECUTORS as FLOAT_EXECUTORS
-from .reference import _nchw, _nhwc, _pool_args, _Run, _torch_pads
+from .reference import _nchw, _nhwc, _pool_args, _Run, _torch_pads, mirror_pad, strided_slice
 
 __all__ = ["IntValue", "run_integer"]
 
@@ -192,18 +192,6 @@ def _hard_swish(op: XOp, env: dict[str, Value], run: _Run) -> Value:
     return IntValue(x.q * h.q, x.e + h.e)
 
 
-@_int_op("reshape")
-def _reshape(op: XOp, env: dict[str, Value], run: _Run) -> Value:
-    (x,) = _ints(op, env)
-    return IntValue(x.q.reshape(run.attr(op, "shape")), x.e)
-
-
-@_int_op("transpose")
-def _transpose(op: XOp, env: dict[str, Value], run: _Run) -> Value:
-    (x,) = _ints(op, env)
-    return IntValue(x.q.permute(run.attr(op, "order")), x.e)
-
-
 def _float_op(op: XOp, env: dict[str, Value], run: _Run) -> Value:
     """An op the DPU leaves to the host: run it in float on the dequantized inputs."""
     float_env = {n: (v.to_float() if isinstance(v, IntValue) else v) for n, v in env.items() if n in _names(op)}
@@ -234,11 +222,56 @@ def run_integer(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[str, Va
     return env
 
 
-@_int_op("strided_slice")
-def _strided_slice(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+def _on_host(op: XOp, env: dict[str, Value], run: _Run) -> bool:
+    """Whether the op reads a float value some op computed on the host (not a const): it then runs in float."""
+    return any(isinstance(env[n], torch.Tensor) and n not in run.consts for n in op.args.get("input", []))
+
+
+def _moves_values(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    """Ops that only move, drop or repeat values: the same on the integers, or on host floats."""
+    if _on_host(op, env, run):
+        return _float_op(op, env, run)
     (x,) = _ints(op, env)
-    begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
-    return IntValue(x.q[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))], x.e)
+    if op.type == "reshape":
+        return IntValue(x.q.reshape(run.attr(op, "shape")), x.e)
+    if op.type == "transpose":
+        return IntValue(x.q.permute(run.attr(op, "order")), x.e)
+    if op.type == "strided_slice":
+        return IntValue(strided_slice(x.q, op, run), x.e)
+    return IntValue(x.q, x.e)  # identity
+
+
+_int_op("reshape", "transpose", "strided_slice", "identity")(_moves_values)
+
+
+@_int_op("hard-tanh")
+def _hard_tanh(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    if _on_host(op, env, run):
+        return _float_op(op, env, run)
+    (x,) = _ints(op, env)
+    e = max(x.e, 0)
+    return IntValue(x.at(e).clamp(-(2**e), 2**e), e)
+
+
+@_int_op("max", "min")
+def _max_min(op: XOp, env: dict[str, Value], run: _Run) -> Value:
+    """max / min of integers and const bounds (a clamp): compared on the finest grid that holds the bounds."""
+    values = [env[n] for n in op.args["input"]]
+    ints = [v for v in values if isinstance(v, IntValue)]
+    if _on_host(op, env, run) or not ints:
+        return _float_op(op, env, run)
+    bounds = [v.double() for v in values if isinstance(v, torch.Tensor)]
+    e = max(v.e for v in ints)
+    while any(not torch.equal(b * 2.0**e, torch.round(b * 2.0**e)) for b in bounds):
+        e += 1
+        if e > 64:  # a bound off every binary grid: compare in float
+            return _float_op(op, env, run)
+    qs = [v.at(e) for v in ints] + [b * 2.0**e for b in bounds]
+    fn = torch.maximum if op.type == "max" else torch.minimum
+    out = qs[0]
+    for q in qs[1:]:
+        out = fn(out, q)
+    return IntValue(out, e)
 
 
 @_int_op("resize")
@@ -252,6 +285,8 @@ def _resize(op: XOp, env: dict[str, Value], run: _Run) -> Value:
 @_int_op("pad")
 def _pad(op: XOp, env: dict[str, Value], run: _Run) -> Value:
     (x,) = _ints(op, env)
+    if run.attr(op, "mode") != "CONSTANT":
+        return IntValue(mirror_pad(x.q, op, run), x.e)
     value = (run.attr(op, "constant_values") or [0.0])[0]
     if value * 2**x.e != int(value * 2**x.e):
         return FLOAT_EXECUTORS["pad"](op, {op.args["input"][0]: x.to_float()}, run)

@@ -37,6 +37,7 @@ class _Run:
     def __init__(self, deploy: DeployGraph) -> None:
         self.deploy = deploy
         self.window_sums: dict[str, tuple[torch.Tensor, int]] = {}  # avgpool op -> (exact sum, kernel area)
+        self.consts = {op.name for op in deploy.ops if op.type == "const"}
 
     def attr(self, op: XOp, key: str, default: Any = None) -> Any:
         return op.attrs[key][1] if key in op.attrs else default
@@ -105,10 +106,10 @@ def _matmul(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     return y + env[op.args["bias"][0]] if op.args.get("bias") else y
 
 
-_BINARY = {"add": torch.add, "sub": torch.sub}
+_BINARY = {"add": torch.add, "sub": torch.sub, "div": torch.div, "max": torch.maximum, "min": torch.minimum}
 
 
-@executes("add", "sub")
+@executes(*_BINARY)
 def _binary(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     a, b = (env[n] for n in op.args["input"])
     return _BINARY[op.type](a, b)
@@ -160,6 +161,13 @@ _UNARY: dict[str, Callable[..., torch.Tensor]] = {
     "swish": F.silu,
     "hard-sigmoid": DPU_FUNCTIONS[Op.HARDSIGMOID],  # the DPU's forms, shared with the simulation
     "hard-swish": DPU_FUNCTIONS[Op.HARDSWISH],
+    "hard-tanh": F.hardtanh,
+    "gelu": F.gelu,
+    "exp": torch.exp,
+    "neg": torch.neg,
+    "selu": F.selu,
+    "mish": F.mish,
+    "identity": lambda x: x,
 }
 
 
@@ -171,6 +179,43 @@ def _unary(op: XOp, env: Env, run: _Run) -> torch.Tensor:
 @executes("leaky-relu")
 def _leaky(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     return F.leaky_relu(_arg(op, env), run.attr(op, "alpha"))
+
+
+@executes("elu", "celu")
+def _elu(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return (F.elu if op.type == "elu" else F.celu)(_arg(op, env), run.attr(op, "alpha", 1.0))
+
+
+def _channels_first(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn (a PyTorch op with channels on dimension 1) of x, whose 4-D values are NHWC here: on the same
+    contiguous NCHW tensor the simulation reads, so reductions add in its order."""
+    return _nhwc(fn(_nchw(x).contiguous())) if x.dim() == 4 else fn(x)
+
+
+@executes("prelu")
+def _prelu(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return _channels_first(lambda x: F.prelu(x, _arg(op, env, "weight")), _arg(op, env))
+
+
+def _optional(op: XOp, env: Env, name: str) -> torch.Tensor | None:
+    return env[op.args[name][0]] if op.args.get(name) else None
+
+
+@executes("groupnorm")
+def _groupnorm(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    w, b, groups, eps = (
+        _optional(op, env, "weight"),
+        _optional(op, env, "bias"),
+        run.attr(op, "num_groups"),
+        run.attr(op, "eps"),
+    )
+    return _channels_first(lambda x: F.group_norm(x, groups, w, b, eps), _arg(op, env))
+
+
+@executes("instancenorm")
+def _instancenorm(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    w, b, eps = _optional(op, env, "weight"), _optional(op, env, "bias"), run.attr(op, "eps")
+    return _channels_first(lambda x: F.instance_norm(x, weight=w, bias=b, eps=eps), _arg(op, env))
 
 
 @executes("softmax")
@@ -188,9 +233,30 @@ def _transpose(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     return _arg(op, env).permute(run.attr(op, "order"))
 
 
-@executes("reduction_mean")
-def _mean(op: XOp, env: Env, run: _Run) -> torch.Tensor:
-    return _arg(op, env).mean(dim=run.attr(op, "axis"), keepdim=run.attr(op, "keep_dims"))
+_REDUCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "reduction_mean": torch.mean,
+    "reduction_max": torch.amax,
+    "reduction_sum": torch.sum,
+}
+
+
+@executes(*_REDUCTIONS)
+def _reduce(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    x = _arg(op, env) if op.type == "reduction_mean" else _arg(op, env).contiguous()  # sums in the simulation's order
+    return _REDUCTIONS[op.type](x, dim=run.attr(op, "axis"), keepdim=run.attr(op, "keep_dims"))
+
+
+@executes("reduction_product")
+def _product(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    x = _arg(op, env).contiguous()
+    for axis in sorted(run.attr(op, "axis"), reverse=True):
+        x = x.prod(dim=axis, keepdim=run.attr(op, "keep_dims"))
+    return x
+
+
+@executes("stack")
+def _stack(op: XOp, env: Env, run: _Run) -> torch.Tensor:
+    return torch.stack([env[n] for n in op.args["input"]], dim=run.attr(op, "axis"))
 
 
 @executes("scale")
@@ -217,10 +283,17 @@ def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[st
     return env
 
 
+def strided_slice(x: torch.Tensor, op: XOp, run: _Run) -> torch.Tensor:
+    """x[begin:end:strides], without the dimensions shrink_axis_mask names."""
+    begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
+    y = x[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))]
+    shrink = run.attr(op, "shrink_axis_mask", 0)
+    return y.squeeze([d for d in range(len(begin)) if shrink >> d & 1]) if shrink else y
+
+
 @executes("strided_slice")
 def _strided_slice(op: XOp, env: Env, run: _Run) -> torch.Tensor:
-    begin, end, strides = run.attr(op, "begin"), run.attr(op, "end"), run.attr(op, "strides")
-    return _arg(op, env)[tuple(slice(b, e, s) for b, e, s in zip(begin, end, strides, strict=True))]
+    return strided_slice(_arg(op, env), op, run)
 
 
 @executes("resize")
@@ -238,9 +311,21 @@ def _torch_pads(op: XOp, run: _Run) -> list[int]:
     return [p for k in reversed(range(dims)) for p in (pairs[2 * k], pairs[2 * k + 1])]
 
 
+def mirror_pad(x: torch.Tensor, op: XOp, run: _Run) -> torch.Tensor:
+    """XIR's REFLECT (edge not repeated) or SYMMETRIC (edge repeated) padding, by gathering along each dim."""
+    pairs, edge = run.attr(op, "paddings"), int(run.attr(op, "mode") == "SYMMETRIC")
+    for d in range(x.dim()):
+        before, after = pairs[2 * d], pairs[2 * d + 1]
+        if before or after:
+            n = x.shape[d]
+            index = [*range(before - edge, -edge, -1), *range(n), *range(n - 2 + edge, n - 2 + edge - after, -1)]
+            x = x.index_select(d, torch.tensor(index, device=x.device))
+    return x
+
+
 @executes("pad")
 def _pad(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     if run.attr(op, "mode") != "CONSTANT":
-        raise NndctError(f"{op.name}: the reference run supports constant padding only")
+        return mirror_pad(_arg(op, env), op, run)
     value = (run.attr(op, "constant_values") or [0.0])[0]
     return F.pad(_arg(op, env), _torch_pads(op, run), value=value)
