@@ -167,6 +167,12 @@ def _mm(c: AtenCall) -> str:
     return c.add("MatMul", [c.tensor("self"), c.tensor(second)])
 
 
+@aten_lowers("aten.einsum.default")
+def _einsum(c: AtenCall) -> str:
+    operands = [c.b.value[c.node.inputs[r.index].name] for r in c["tensors"]]
+    return c.add("Einsum", operands, equation=c["equation"].replace(" ", ""))
+
+
 @aten_lowers("aten.baddbmm.default", "aten.addmm.default", "aten.addbmm.default")
 def _addmm(c: AtenCall) -> str:
     a, m = ("batch1", "batch2") if "batch1" in c.args else ("mat1", "mat2")
@@ -201,6 +207,18 @@ def _reshape(c: AtenCall) -> str:
         raise NndctError(f"{c.node.where()}: a reshape to {shape} has more than one symbolic dimension")
     target = c.b.ints(f"{c.name}_shape", [d if isinstance(d, int) else -1 for d in shape])
     return c.add("Reshape", [c.tensor("self"), target])
+
+
+@aten_lowers("aten.swapaxes.default", "aten.swapdims.default", "aten.transpose.int", "aten.permute.default")
+def _transpose(c: AtenCall) -> str:
+    rank = c.rank("self")
+    if "dims" in c.args:
+        perm = [d % rank for d in c["dims"]]
+    else:
+        a, b = (c[k] % rank for k in (("axis0", "axis1") if "axis0" in c.args else ("dim0", "dim1")))
+        perm = list(range(rank))
+        perm[a], perm[b] = b, a
+    return c.add("Transpose", [c.tensor("self")], perm=perm)
 
 
 @aten_lowers("aten.expand.default", "aten.expand_as.default")
@@ -308,7 +326,8 @@ def _sdpa(c: AtenCall) -> str:
     k_t = c.add("Transpose", [c.tensor("key")], "_kT", perm=perm)
     scores = c.add("MatMul", [c.tensor("query"), k_t], "_qk")
     scores = c.add("Mul", [scores, c.b.init(f"{c.name}_scale", np.array(scale, np.float32))], "_scaled")
-    neg_inf = c.b.init("f32_-inf", np.array(-np.inf, np.float32))
+    if c["is_causal"] or c.dtype_of("attn_mask") == "bool":
+        neg_inf = c.b.init("f32_-inf", np.array(-np.inf, np.float32))
     if c["is_causal"]:
         n_q, n_k = q_shape[-2], c.source("key").meta.shape[-2]
         if not isinstance(n_q, int) or not isinstance(n_k, int):

@@ -44,12 +44,13 @@ _CAST_TO = {DataType.BFLOAT16: 16, DataType.FLOAT16: 10}  # onnx.TensorProto.BFL
 
 
 class OnnxBuilder:
-    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, opset: int) -> None:
+    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, opset: int, dpu: bool = True) -> None:
         import onnx
         from onnx import helper
 
         self.onnx, self.helper = onnx, helper
         self.graph, self.plan, self.table, self.opset = graph, plan, table, opset
+        self.dpu = dpu  # False: the float model (no DPU arithmetic anywhere)
         self.nodes: list = []
         self.inits: list = []
         self.init_names: set[str] = set()
@@ -77,6 +78,11 @@ class OnnxBuilder:
 
     def zero(self, dtype: type) -> str:
         return self.init(f"zero_{np.dtype(dtype).name}", np.array(0, dtype=dtype))
+
+    def dpu_math(self, node: Node) -> bool:
+        """Whether `node` computes the DPU's way (average pooling factor, hard-sigmoid, leaky slope), as the
+        simulation does for every node but the float_ops (quant/runtime.py) and the float model."""
+        return self.dpu and node.name not in self.plan.float_ops
 
     def inp(self, node: Node, k: int = 0) -> str:
         return self.value[node.inputs[k].name]

@@ -180,8 +180,8 @@ def _conv_transpose(b: OnnxBuilder, node: Node) -> None:
 # --------------------------------------------------------------------------- average pooling
 def _dpu_avg(b: OnnxBuilder, node: Node, pooled: str, k: int) -> None:
     """The DPU's average, window sum x M / 2^S (an average times k x M / 2^S); the plain average where the
-    node runs in float (the simulation leaves the float_ops to torch)."""
-    if node.name in b.plan.float_ops:
+    node runs in float (see OnnxBuilder.dpu_math)."""
+    if not b.dpu_math(node):
         b.emit(node, b.add("Identity", [pooled], node.name))
         return
     m, s = avgpool_factor(k)

@@ -134,23 +134,26 @@ def _clamp(b: _Builder, node: Node) -> None:
 
 @onnx_lowers(Op.LEAKY_RELU)
 def _leaky(b: _Builder, node: Node) -> None:
-    b.emit(node, b.add("LeakyRelu", [b.inp(node)], node.name, alpha=26 / 256))
+    slope = 26 / 256 if b.dpu_math(node) else float(node.attrs["negative_slope"])
+    b.emit(node, b.add("LeakyRelu", [b.inp(node)], node.name, alpha=slope))
 
 
-def _hsig(b: _Builder, src: str, name: str) -> str:
+def _hsig(b: _Builder, src: str, name: str, dpu: bool) -> str:
     three = b.init(f"{name}_three", np.array(3.0, np.float32))
-    k = b.init(f"{name}_k", np.array(HSIGMOID_M / 2**HSIGMOID_S, np.float32))
+    k = b.init(f"{name}_k", np.array(HSIGMOID_M / 2**HSIGMOID_S if dpu else 1 / 6, np.float32))
     return b.add("Mul", [_clip(b, b.add("Add", [src, three], f"{name}_add"), 0.0, 6.0, f"{name}_r6"), k], name)
 
 
 @onnx_lowers(Op.HARDSIGMOID)
 def _hardsigmoid(b: _Builder, node: Node) -> None:
-    b.emit(node, _hsig(b, b.inp(node), node.name))
+    b.emit(node, _hsig(b, b.inp(node), node.name, b.dpu_math(node)))
 
 
 @onnx_lowers(Op.HARDSWISH)
 def _hardswish(b: _Builder, node: Node) -> None:
-    h = b.qdq(_hsig(b, b.inp(node), f"{node.name}_hsig"), 8, 7, f"{node.name}_hsig")
+    h = _hsig(b, b.inp(node), f"{node.name}_hsig", b.dpu_math(node))
+    if b.dpu_math(node):  # the DPU rounds its hard-sigmoid to 8 bits (quant/dpu.py)
+        h = b.qdq(h, 8, 7, f"{node.name}_hsig")
     b.emit(node, b.add("Mul", [b.inp(node), h], node.name))
 
 
@@ -211,7 +214,7 @@ def build_onnx(
             f"ONNX opset {opset!r} cannot be exported: this exporter writes opsets {MIN_OPSET} to {newest} (the "
             f"installed onnx {onnx.__version__}). Fix: set onnx_opset_version (or opset_version) in that range."
         )
-    b = _Builder(graph, plan, table, opset)
+    b = _Builder(graph, plan, table, opset, dpu=quantized)
     folder = ConstantFolder(b)
     graph_inputs, graph_outputs = [], []
     for node in graph.nodes:
