@@ -97,11 +97,21 @@ def test_onnx_export_errors(tmp_path):
     calib = torch_quantizer("calib", model, (example,), output_dir=tmp_path)
     with pytest.raises(NndctError, match="needs the calibrated model"):
         calib.export_onnx_model()
-    gelu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GELU()).eval()
     x = torch.randn(2, 3, 4, 4)
-    quantizer = _quantize(gelu, x, [x], tmp_path / "gelu")
-    with pytest.raises(NndctError, match=r"gelu_2.*no ONNX lowering yet"):
+    quantizer = _quantize(CumProd().eval(), x, [x], tmp_path / "cumprod")
+    with pytest.raises(NndctError, match=r"aten_2.*ATen operator aten.cumprod.default .*no ONNX lowering yet"):
         quantizer.export_onnx_model()
+
+
+class CumProd(torch.nn.Module):
+    """An ATen operator with no ONNX lowering (cumprod) between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumprod(self.conv(x), 1)
 
 
 class ShuffleHead(torch.nn.Module):

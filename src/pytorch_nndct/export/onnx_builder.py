@@ -23,30 +23,34 @@ Its U8U8 kernels accumulate exactly on every CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node
+from ..ir.ops import Op
 from ..quant.plan import QuantPlan
 from ..quant.primitives import int32_bias, quantize
 from ..quant.scales import param_grid, quantize_param
 from ..quant.spec import DataType, QuantSpec
 from ..quant.table import QuantTable
 
-__all__ = ["OnnxBuilder"]
+__all__ = ["ONNX_LOWERINGS", "OnnxBuilder", "np_dtype", "onnx_dtype", "onnx_lowers"]
 
 _CAST_TO = {DataType.BFLOAT16: 16, DataType.FLOAT16: 10}  # onnx.TensorProto.BFLOAT16 / FLOAT16
 
 
 class OnnxBuilder:
-    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, opset: int) -> None:
+    def __init__(self, graph: Graph, plan: QuantPlan, table: QuantTable, opset: int, dpu: bool = True) -> None:
         import onnx
         from onnx import helper
 
         self.onnx, self.helper = onnx, helper
         self.graph, self.plan, self.table, self.opset = graph, plan, table, opset
+        self.dpu = dpu  # False: the float model (no DPU arithmetic anywhere)
         self.nodes: list = []
         self.inits: list = []
         self.init_names: set[str] = set()
@@ -75,8 +79,29 @@ class OnnxBuilder:
     def zero(self, dtype: type) -> str:
         return self.init(f"zero_{np.dtype(dtype).name}", np.array(0, dtype=dtype))
 
+    def dpu_math(self, node: Node) -> bool:
+        """Whether `node` computes the DPU's way (average pooling factor, hard-sigmoid, leaky slope), as the
+        simulation does for every node but the float_ops (quant/runtime.py) and the float model."""
+        return self.dpu and node.name not in self.plan.float_ops
+
     def inp(self, node: Node, k: int = 0) -> str:
         return self.value[node.inputs[k].name]
+
+    def inp_as(self, node: Node, k: int, like: Node) -> str:
+        """Input k cast to `like`'s data type where it differs (torch promotes bool * float, int + float)."""
+        src, value = node.inputs[k], self.inp(node, k)
+        want = getattr(like.meta, "dtype", None)
+        if want is None or getattr(src.meta, "dtype", want) == want:
+            return value
+        return self.add("Cast", [value], f"{node.name}_in{k}_{want}", to=onnx_dtype(want))
+
+    def ints(self, name: str, values: list[int]) -> str:
+        """A 1-D int64 initializer (shapes, axes, starts and ends)."""
+        return self.init(name, np.array(values, dtype=np.int64))
+
+    def const(self, name: str, value: float | int | bool, like: Node) -> str:
+        """A scalar initializer of `like`'s data type (ONNX does not promote types as torch does)."""
+        return self.init(name, np.array(value, dtype=np_dtype(like)))
 
     # ------------------------------------------------------------------ activation and input points
     def output_spec(self, key: str) -> QuantSpec | None:
@@ -172,7 +197,11 @@ class OnnxBuilder:
     def weight(self, node: Node, role: str) -> str:
         key = node.params[role]
         if key not in self.done_params:
-            self.done_params[key] = self._param(key, self.graph.params[key].detach().float())
+            t = self.graph.params[key].detach()
+            if not t.is_floating_point():  # integer and boolean buffers (position ids, masks) as they are
+                self.done_params[key] = self.init(key, t.cpu().numpy())
+            else:
+                self.done_params[key] = self._param(key, t.float())
         return self.done_params[key]
 
     def _param(self, key: str, t) -> str:  # t: torch.Tensor
@@ -270,14 +299,32 @@ class OnnxBuilder:
     def _feeds_group_relu(self, node: Node) -> bool:
         """conv -> relu shares one point after the relu; quantizing before the relu as well gives the same
         values (relu and round commute, 0 and 6 are on the grid) and lets onnxruntime fuse DQ-conv-Q."""
-        from ..ir.ops import Op
-
         if len(node.users) != 1 or node.op in (Op.RELU, Op.RELU6):
             return False
         user = node.users[0]
         key = self.plan.tensor_point.get(node.name)
         spec = self.output_spec(key) if key is not None else None
         return user.op in (Op.RELU, Op.RELU6) and key == user.name and spec is not None and spec.is_int
+
+
+OnnxLower = Callable[[OnnxBuilder, Node], None]
+ONNX_LOWERINGS: dict[Op, OnnxLower] = {}  # filled by @onnx_lowers in onnx_qdq, onnx_ops and onnx_aten
+onnx_lowers = registrar(ONNX_LOWERINGS)
+
+
+def np_dtype(node: Node) -> np.dtype:
+    """The numpy type of a node's tensor value (float32 where the capture recorded none)."""
+    dtype = getattr(node.meta, "dtype", None) or "float32"
+    return np.dtype("float32" if dtype == "bfloat16" else dtype)
+
+
+def onnx_dtype(dtype: str) -> int:
+    """The onnx.TensorProto type of one of our meta dtype names ('float32', 'int64', 'bool', ...)."""
+    from onnx import TensorProto, helper
+
+    if dtype == "bfloat16":
+        return TensorProto.BFLOAT16
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def _as_u8(q: np.ndarray) -> np.ndarray:

@@ -13,21 +13,20 @@ LSB at exact ties. Ops with no ONNX lowering here are refused with the node's na
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
-from .._tables import registrar
 from ..errors import NndctError
 from ..ir.graph import Graph, Node, TensorMeta
 from ..ir.ops import Op, reduced_axes
 from ..quant.dpu import HSIGMOID_M, HSIGMOID_S
 from ..quant.plan import QuantPlan
-from ..quant.primitives import avgpool_factor
 from ..quant.table import QuantTable
-from .onnx_builder import OnnxBuilder
+from . import onnx_aten, onnx_aten_tensor, onnx_ops  # noqa: F401 (their lowerings fill ONNX_LOWERINGS)
+from .onnx_builder import ONNX_LOWERINGS, OnnxBuilder, onnx_dtype, onnx_lowers
+from .onnx_fold import ConstantFolder
 
-__all__ = ["MIN_OPSET", "ONNX_LOWERINGS", "OPSET", "build_onnx"]
+__all__ = ["MIN_OPSET", "NOT_LOWERED", "ONNX_LOWERINGS", "OPSET", "build_onnx"]
 
 OPSET = 17  # the default opset
 MIN_OPSET = 13  # per-axis DequantizeLinear, Split with sizes as an input, bfloat16 Cast
@@ -35,12 +34,12 @@ MIN_OPSET = 13  # per-axis DequantizeLinear, Split with sizes as an input, bfloa
 
 _Builder = OnnxBuilder
 
-
-OnnxLower = Callable[[_Builder, Node], None]
-ONNX_LOWERINGS: dict[Op, OnnxLower] = {}
-
-
-onnx_lowers = registrar(ONNX_LOWERINGS)
+# Ops with no entry in ONNX_LOWERINGS, and why.
+NOT_LOWERED: dict[Op, str] = {
+    Op.INPUT: "a graph input, written by build_onnx itself",
+    Op.SIZE: "an int64 scalar written where an op needs it (onnx_ops.int_value)",
+    Op.SCALAR: "size arithmetic written where an op needs it (onnx_ops.int_value)",
+}
 
 
 @onnx_lowers(Op.CONST)
@@ -90,9 +89,8 @@ def _binary(b: _Builder, node: Node) -> None:
     a = node.attrs
     if a.get("alpha", 1) != 1 or a.get("rounding_mode") is not None:
         raise NndctError(f"{node.where()}: {node.op.value} with alpha/rounding_mode is not exported to ONNX yet")
-    other = b.value[node.inputs[1].name] if a["other"] is None else b.init(
-        f"{node.name}_other", np.array(a["other"], dtype=np.float32))  # fmt: skip
-    b.emit(node, b.add(_BINARY[node.op], [b.inp(node), other], node.name))
+    other = b.inp_as(node, 1, node) if a["other"] is None else b.const(f"{node.name}_other", a["other"], node)
+    b.emit(node, b.add(_BINARY[node.op], [b.inp_as(node, 0, node), other], node.name))
 
 
 _UNARY = {Op.RELU: "Relu", Op.SIGMOID: "Sigmoid", Op.TANH: "Tanh"}
@@ -136,23 +134,26 @@ def _clamp(b: _Builder, node: Node) -> None:
 
 @onnx_lowers(Op.LEAKY_RELU)
 def _leaky(b: _Builder, node: Node) -> None:
-    b.emit(node, b.add("LeakyRelu", [b.inp(node)], node.name, alpha=26 / 256))
+    slope = 26 / 256 if b.dpu_math(node) else float(node.attrs["negative_slope"])
+    b.emit(node, b.add("LeakyRelu", [b.inp(node)], node.name, alpha=slope))
 
 
-def _hsig(b: _Builder, src: str, name: str) -> str:
+def _hsig(b: _Builder, src: str, name: str, dpu: bool) -> str:
     three = b.init(f"{name}_three", np.array(3.0, np.float32))
-    k = b.init(f"{name}_k", np.array(HSIGMOID_M / 2**HSIGMOID_S, np.float32))
+    k = b.init(f"{name}_k", np.array(HSIGMOID_M / 2**HSIGMOID_S if dpu else 1 / 6, np.float32))
     return b.add("Mul", [_clip(b, b.add("Add", [src, three], f"{name}_add"), 0.0, 6.0, f"{name}_r6"), k], name)
 
 
 @onnx_lowers(Op.HARDSIGMOID)
 def _hardsigmoid(b: _Builder, node: Node) -> None:
-    b.emit(node, _hsig(b, b.inp(node), node.name))
+    b.emit(node, _hsig(b, b.inp(node), node.name, b.dpu_math(node)))
 
 
 @onnx_lowers(Op.HARDSWISH)
 def _hardswish(b: _Builder, node: Node) -> None:
-    h = b.qdq(_hsig(b, b.inp(node), f"{node.name}_hsig"), 8, 7, f"{node.name}_hsig")
+    h = _hsig(b, b.inp(node), f"{node.name}_hsig", b.dpu_math(node))
+    if b.dpu_math(node):  # the DPU rounds its hard-sigmoid to 8 bits (quant/dpu.py)
+        h = b.qdq(h, 8, 7, f"{node.name}_hsig")
     b.emit(node, b.add("Mul", [b.inp(node), h], node.name))
 
 
@@ -169,39 +170,14 @@ def _maxpool(b: _Builder, node: Node) -> None:
     b.emit(node, out)
 
 
-def _dpu_avg(b: _Builder, node: Node, pooled: str, k: int) -> None:
-    m, s = avgpool_factor(k)
-    factor = b.init(f"{node.name}_factor", np.array(k * m / 2**s, np.float32))
-    b.emit(node, b.add("Mul", [pooled, factor], node.name))
-
-
-@onnx_lowers(Op.AVG_POOL2D)
-def _avgpool(b: _Builder, node: Node) -> None:
-    a = node.attrs
-    if a["divisor_override"] is not None:
-        raise NndctError(f"{node.where()}: average pooling with divisor_override is not exported to ONNX")
-    pooled = b.add("AveragePool", [b.inp(node)], f"{node.name}_avg", kernel_shape=list(a["kernel_size"]),
-                   strides=list(a["stride"]), pads=list(a["padding"]) * 2, ceil_mode=int(a["ceil_mode"]),
-                   count_include_pad=int(a["count_include_pad"]))  # fmt: skip
-    _dpu_avg(b, node, pooled, a["kernel_size"][0] * a["kernel_size"][1])
-
-
-@onnx_lowers(Op.ADAPTIVE_AVG_POOL2D)
-def _adaptive(b: _Builder, node: Node) -> None:
-    h, w = node.inputs[0].meta.shape[2:]
-    oh, ow = node.meta.shape[2:]
-    if (oh, ow) != (1, 1) or not isinstance(h, int) or not isinstance(w, int):
-        raise NndctError(f"{node.where()}: adaptive average pooling to {oh}x{ow} is not exported to ONNX yet")
-    _dpu_avg(b, node, b.add("GlobalAveragePool", [b.inp(node)], f"{node.name}_avg"), h * w)
-
-
 @onnx_lowers(Op.FLATTEN)
 def _flatten(b: _Builder, node: Node) -> None:
     a = node.attrs
     rank = len(node.inputs[0].meta.shape)
     if a["start_dim"] != 1 or a["end_dim"] not in (-1, rank - 1):
-        raise NndctError(f"{node.where()}: flatten({a['start_dim']}, {a['end_dim']}) is not exported to ONNX yet")
-    b.emit(node, b.add("Flatten", [b.inp(node)], node.name, axis=1))
+        _reshape(b, node)  # to the captured shape
+    else:
+        b.emit(node, b.add("Flatten", [b.inp(node)], node.name, axis=1))
 
 
 @onnx_lowers(Op.SOFTMAX)
@@ -229,7 +205,7 @@ def build_onnx(
         plan, table = QuantPlan(), QuantTable(graph.name)
     try:
         import onnx
-        from onnx import TensorProto, helper
+        from onnx import helper
     except ImportError as exc:
         raise NndctError("ONNX export needs the onnx package: pip install onnx") from exc
     newest = onnx.defs.onnx_opset_version()
@@ -238,17 +214,21 @@ def build_onnx(
             f"ONNX opset {opset!r} cannot be exported: this exporter writes opsets {MIN_OPSET} to {newest} (the "
             f"installed onnx {onnx.__version__}). Fix: set onnx_opset_version (or opset_version) in that range."
         )
-    b = _Builder(graph, plan, table, opset)
+    b = _Builder(graph, plan, table, opset, dpu=quantized)
+    folder = ConstantFolder(b)
     graph_inputs, graph_outputs = [], []
     for node in graph.nodes:
         if node.op is Op.INPUT:
-            dims = ["batch" if d == "B" else d for d in node.meta.shape]
-            graph_inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, dims))
+            graph_inputs.append(helper.make_tensor_value_info(node.name, _dtype(node), _dims(node)))
             b.value[node.name] = node.name
             b.emit(node, node.name)
             continue
         if node.op in (Op.SIZE, Op.SCALAR):
+            continue  # written where an op needs the size (onnx_ops.int_value)
+        if folder.folds(node):
+            folder.evaluate(node)
             continue
+        folder.materialize(node.inputs)
         fn = ONNX_LOWERINGS.get(node.op)
         if fn is None:
             raise NndctError(
@@ -256,13 +236,13 @@ def build_onnx(
                 "The .xmodel export writes such ops as custom ops."
             )
         fn(b, node)
+    folder.materialize(graph.output_nodes)
     for k, node in enumerate(graph.output_nodes):
         if not isinstance(node.meta, TensorMeta):
             raise NndctError(f"{node.where()}: only tensor outputs can be exported to ONNX")
         name = f"output_{k}"
         b.add("Identity", [b.value[node.name]], name)
-        dims = ["batch" if d == "B" else d for d in node.meta.shape]
-        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+        graph_outputs.append(helper.make_tensor_value_info(name, _dtype(node), _dims(node)))
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, b.inits)
     opsets = [helper.make_opsetid("", opset)]
     if any(n.domain == CUSTOM_DOMAIN for n in b.nodes):
@@ -271,6 +251,14 @@ def build_onnx(
     model.ir_version = max(8, _min_ir_version(opset))
     onnx.checker.check_model(model)
     return model
+
+
+def _dtype(node: Node) -> int:
+    return onnx_dtype(node.meta.dtype or "float32")
+
+
+def _dims(node: Node) -> list[int | str]:
+    return ["batch" if d == "B" else d for d in node.meta.shape]
 
 
 def _min_ir_version(opset: int) -> int:
