@@ -215,6 +215,7 @@ lowers_aten = registrar(ATEN_LOWERINGS)
 
 # Ops with no entry in LOWERINGS: written as `nndct_<op>` custom ops, for this reason.
 CUSTOM_REASONS: dict[Op, str] = {
+    Op.EMBEDDING: "XIR has no gather op: the table lookup runs on the CPU (its table quantized as weights)",
     Op.LAYER_NORM: "XIR 3.5 has no layernorm op (only batchnorm, instancenorm and groupnorm)",
     Op.BATCH_NORM: "not reached: the passes turn every batch norm into channel_scale (written as `scale`)",
     Op.CONV1D: "not lowered yet: XIR's conv1d reads [N, L, C] values, a layout the exporter does not track",

@@ -97,7 +97,7 @@ def _affine(b: OnnxBuilder, node: Node, y: str, shape: list[int], name: str) -> 
             p = b.weight(node, role)
             if shape != list(b.graph.params[node.params[role]].shape):
                 p = b.add("Reshape", [p, b.ints(f"{name}_{role}_shape", shape)], f"{name}_{role}_r")
-            y = b.add(op_type, [y, p], f"{name}_{role.replace('weight', 'scale')}")
+            y = b.add(op_type, [y, p], f"{name}_{'gamma' if role == 'weight' else 'beta'}")  # not `_scale`: a Q/DQ's
     return y
 
 

@@ -71,6 +71,12 @@ def _linear(b: _Builder, node: Node) -> None:
     b.emit(node, out)
 
 
+@onnx_lowers(Op.EMBEDDING)
+def _embedding(b: _Builder, node: Node) -> None:
+    """A lookup in the (quantized) table: Gather of its rows."""
+    b.emit(node, b.add("Gather", [b.weight(node, "weight"), b.inp(node)], node.name, axis=0))
+
+
 @onnx_lowers(Op.CHANNEL_SCALE)
 def _channel_scale(b: _Builder, node: Node) -> None:
     rank = len(node.meta.shape)
