@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ..codegen import prepare_output_dir
+from ..quant.primitives import blockwise
 from .deploy import DeployGraph, sanitize
-from .reference import blockwise, iter_deploy_graph
+from .reference import iter_deploy_graph
 
 __all__ = ["DEPLOY_CHECK_DIR", "write_deploy_check"]
 

@@ -30,7 +30,7 @@ import torch
 from ..errors import NndctError
 from ..ir.graph import Graph, Node
 from ..quant.plan import QuantPlan
-from ..quant.primitives import int32_bias, quantize
+from ..quant.primitives import blockwise, int32_bias, quantize
 from ..quant.scales import param_grid, quantize_param
 from ..quant.spec import DataType, QuantSpec
 from ..quant.table import QuantTable
@@ -190,7 +190,7 @@ class OnnxBuilder:
             else:
                 scale, zp = scale.reshape(-1), zp.reshape(-1)
             return self._dq_init(key, q, scale.numpy().astype(np.float32), zp.numpy(), spec)
-        q = quantize(t, spec)
+        q = blockwise(lambda x: quantize(x, spec), t)  # a per-tensor grid: a slice at a time (large weights)
         if spec.bitwidth <= 8 and spec.signed and spec.symmetric:  # the DPU's int8 weights, stored as uint8 + 128
             data = self.init(f"{key}_uint8", _as_u8(q.numpy()))
             zero = self.init("zero_uint8_128", np.array(128, dtype=np.uint8))
@@ -282,4 +282,4 @@ class OnnxBuilder:
 
 def _as_u8(q: np.ndarray) -> np.ndarray:
     """Signed 8-bit integers as uint8 with zero point 128 (the same values)."""
-    return (q.astype(np.int16) + 128).astype(np.uint8)
+    return (q + 128).astype(np.uint8)  # exact in q's float type: |q| <= 128

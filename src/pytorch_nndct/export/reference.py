@@ -19,11 +19,11 @@ from .._tables import registrar
 from ..errors import NndctError
 from ..ir.ops import Op
 from ..quant.dpu import DPU_FUNCTIONS
-from ..quant.primitives import fake_quantize
+from ..quant.primitives import blockwise, fake_quantize
 from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
 
-__all__ = ["EXECUTORS", "blockwise", "iter_deploy_graph", "run_deploy_graph"]
+__all__ = ["EXECUTORS", "iter_deploy_graph", "run_deploy_graph"]
 
 Env = dict[str, torch.Tensor]
 Executor = Callable[[XOp, Env, "_Run"], torch.Tensor]
@@ -58,23 +58,6 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 def _const(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     values = np.frombuffer(run.attr(op, "data"), dtype="<f4").astype(np.float32)  # a copy: the run may not alias it
     return torch.from_numpy(values).reshape(run.attr(op, "shape"))
-
-
-_BLOCK = 1 << 20  # elements per slice in blockwise
-
-
-def blockwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """An elementwise `fn` applied to slices of `x` along its first dimension: the temporaries it makes stay
-    small when `x` is a large weight (its fix alone would otherwise hold several copies of the weight)."""
-    if x.dim() == 0 or x.numel() <= _BLOCK:
-        return fn(x)
-    rows = max(1, _BLOCK // x[0].numel())
-    out = None
-    for start, block in zip(range(0, len(x), rows), x.split(rows), strict=True):
-        value = fn(block)
-        out = torch.empty(x.shape, dtype=value.dtype, device=value.device) if out is None else out
-        out[start : start + len(block)] = value
-    return out
 
 
 @executes("fix")
