@@ -131,13 +131,18 @@ class PeakRss:
 
     The kernel's high-water mark is reset at entry (writing 5 to /proc/self/clear_refs) and read at exit,
     so short peaks inside C calls that hold the GIL are counted; where the reset is not allowed, a thread
-    samples VmRSS every millisecond instead.
+    samples VmRSS every millisecond instead. Not nestable (an inner block resets the mark).
     """
 
     def __enter__(self) -> PeakRss:
+        import ctypes
         import gc
 
         gc.collect()
+        try:  # free heap pages go back to the OS first, or the block's allocations could reuse them unseen
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         self.base = rss_bytes()
         self.peak = self.base
         self._thread = None
