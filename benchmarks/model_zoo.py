@@ -5,19 +5,26 @@ size (2) and at another (3), and the capture + optimize + codegen time. Random w
 populated by train-mode forwards on random data.
 
 With --batch1 every model is instead captured from a batch-1 example, as most users write it: the
-regenerated model runs at batch 3 (SQNR against the float model), then the model is calibrated on one
-batch of 3 random images (quantized for ONNX: CPU target, activations rounded half to even), exported
-with export_onnx_model, and the ONNX model runs in onnxruntime at batch 3 (largest difference from the
-simulation in LSBs of the output, or why it could not be exported).
+regenerated model runs at batch 3 (SQNR against the float model); the model is calibrated for the DPU on
+one batch of 3 random images, exported with export_xmodel and the file parsed back with our serial_v2
+schema (ops, of which custom); then calibrated for ONNX (CPU target, activations rounded half to even),
+exported with export_onnx_model, and the ONNX model runs in onnxruntime at batch 3 (largest difference
+from the simulation in LSBs of the outputs, or why it could not be exported). Each export's peak resident
+memory above the RSS before it is printed with the parameter bytes (pass: at most 3x), and the process's
+RSS after the model (freed heap returned to the OS between models, so a leak shows as growth).
+--segmentation runs the torchvision segmentation models the same way (their outputs are dicts).
 
     python benchmarks/model_zoo.py               # all models (about 20 minutes on 2 cores)
     python benchmarks/model_zoo.py resnet18 vit_b_16
     python benchmarks/model_zoo.py --batch1 [models]
+    python benchmarks/model_zoo.py --batch1 --segmentation
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import logging
 import re
@@ -33,11 +40,36 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import pytorch_nndct as nd
-from helpers import REGEN_SQNR_DB, prepare_model, sqnr_db
+from helpers import REGEN_SQNR_DB, PeakRss, flat_tensors, prepare_model, rss_bytes, sqnr_db
+
+# torchvision segmentation models (random weights, no pretrained backbone, no auxiliary head): dict outputs
+SEGMENTATION = ("deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large")
+MEMORY_RATIO = 3.0  # an export's peak memory above the RSS before it, at most this times the parameter bytes
+MB = 2.0**20
 
 
 def input_size(name: str) -> tuple[int, int, int]:
     return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
+
+
+def build_model(name: str, size: tuple[int, ...]) -> torch.nn.Module:
+    kwargs = {"weights_backbone": None} if name in SEGMENTATION else {}
+    return prepare_model(torchvision.models.get_model(name, **kwargs), size)
+
+
+def worst_sqnr(reference, test) -> float:
+    """The lowest SQNR over the output tensors (a dict of outputs for segmentation models)."""
+    return min(sqnr_db(r, t) for r, t in zip(flat_tensors(reference), flat_tensors(test), strict=True))
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc), so that the RSS after a model
+    shows what is still held rather than what the allocator kept for reuse."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_one(name: str) -> tuple[str, float, float, float, int, str, int]:
@@ -77,7 +109,7 @@ def regenerate_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[nd
         loaded = nd.load_module(nd.write_module(graph, tmp))
         with torch.no_grad():
             x = torch.randn(3, *size)
-            db = sqnr_db(model(x), loaded(x))
+            db = worst_sqnr(model(x), loaded(x))
     return graph, db, symbolic, time.perf_counter() - t0
 
 
@@ -102,8 +134,27 @@ def lowering_gap(graph: nd.Graph) -> str | None:
     return None
 
 
-def onnx_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, float]:
-    """Calibrate from a batch-1 example, export to ONNX, run onnxruntime at batch 3: (status, LSB vs simulation)."""
+def xmodel_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, float]:
+    """Calibrate for the DPU from a batch-1 example, export_xmodel, parse it back with our serial_v2 schema:
+    (ops and custom ops in the file, the export's peak memory above the RSS before it in bytes)."""
+    from pytorch_nndct.apis import torch_quantizer
+    from pytorch_nndct.export.xir_schema import schema
+
+    with tempfile.TemporaryDirectory() as tmp:
+        quantizer = torch_quantizer("calib", model, (torch.randn(1, *size),), output_dir=tmp)
+        with torch.no_grad():
+            quantizer.quantize(quantizer.quant_model, (torch.randn(3, *size),))
+            quantizer.test(quantizer.quant_model, (torch.randn(1, *size),))
+        with PeakRss() as memory:
+            path = quantizer.export_xmodel()
+        ops = schema().Graph.FromString(path.read_bytes()).op_node
+        custom = sum(op.op_type.startswith("nndct_") for op in ops)
+        return f"{len(ops)} ops" + (f", {custom} custom" if custom else ""), memory.extra
+
+
+def onnx_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, float, float]:
+    """Calibrate from a batch-1 example, export to ONNX, run onnxruntime at batch 3: (status, LSB vs simulation,
+    the export's peak memory above the RSS before it in bytes)."""
     import onnxruntime as ort
 
     from pytorch_nndct.apis import torch_quantizer
@@ -120,41 +171,63 @@ def onnx_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, flo
         test = torch_quantizer("test", model, (example,), output_dir=tmp, quant_config_file=config)
         x = torch.randn(3, *size)
         with torch.no_grad():
-            simulated = test.quant_model(x).numpy()
-        path = test.export_onnx_model()
+            simulated = flat_tensors(test.quant_model(x))
+        with PeakRss() as memory:
+            path = test.export_onnx_model()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        fix_pos = test.table.outputs[test.plan.tensor_point[test.graph.output_nodes[0].name]].fix_pos
-        return "ok", float(np.abs(out - simulated).max() * 2.0**fix_pos)
+        outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        lsb = 0.0
+        for out, sim, node in zip(outs, simulated, test.graph.output_nodes, strict=True):
+            fix_pos = test.table.outputs[test.plan.tensor_point[node.name]].fix_pos
+            lsb = max(lsb, float(np.abs(out - sim.numpy()).max() * 2.0**fix_pos))
+        return "ok", lsb, memory.extra
 
 
 def run_batch1(names: list[str]) -> int:
-    print("| model | result | batch symbolic | SQNR b=3 (dB) | capture s | ONNX at b=3 | ONNX vs sim (LSB) | total s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | result | batch symbolic | SQNR b=3 (dB) | capture s | xmodel | ONNX at b=3 | ONNX vs sim (LSB) | "
+        "params MB | xmodel peak MB | ONNX peak MB | peak / params | RSS after MB | total s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
         size = input_size(name)
         t0 = time.perf_counter()
         db, symbolic, seconds, status, lsb = float("nan"), False, 0.0, "not run", float("nan")
+        xmodel, params, xmodel_peak, onnx_peak = "not run", float("nan"), float("nan"), float("nan")
         try:
             torch.manual_seed(0)
-            model = prepare_model(torchvision.models.get_model(name), size)
+            model = build_model(name, size)
+            params = sum(p.numel() * p.element_size() for p in model.parameters())
             graph, db, symbolic, seconds = regenerate_batch1(model, size)
             gap = lowering_gap(graph)
-            status, lsb = (gap, float("nan")) if gap else onnx_batch1(model, size)
+            del graph
+            xmodel, xmodel_peak = xmodel_batch1(model, size)
+            status, lsb, onnx_peak = (gap, float("nan"), float("nan")) if gap else onnx_batch1(model, size)
         except Exception as exc:  # report and continue with the next model
             status = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             traceback.print_exc(file=sys.stderr)
-        ok = db > REGEN_SQNR_DB and symbolic and (status == "ok" or status.startswith("no ONNX lowering"))
+        model = None
+        release_freed_memory()
+        ratio = np.nanmax([xmodel_peak / params, onnx_peak / params])
+        ok = (
+            db > REGEN_SQNR_DB
+            and symbolic
+            and xmodel.endswith(("ops", "custom"))
+            and (status == "ok" or status.startswith("no ONNX lowering"))
+            and ratio <= MEMORY_RATIO
+        )
         failed += not ok
         print(
             f"| {name} | {'pass' if ok else 'FAIL'} | {'yes' if symbolic else 'no'} | {db:.1f} | {seconds:.1f} | "
-            f"{status} | {lsb:g} | {time.perf_counter() - t0:.1f} |",
+            f"{xmodel} | {status} | {lsb:g} | {params / MB:.0f} | {xmodel_peak / MB:.0f} | {onnx_peak / MB:.0f} | "
+            f"{ratio:.2f} | {rss_bytes() / MB:.0f} | {time.perf_counter() - t0:.1f} |",
             flush=True,
         )
     print(
         f"\n{len(names) - failed} of {len(names)} models pass (captured at batch 1 with a symbolic batch, SQNR > "
-        f"{REGEN_SQNR_DB} dB at batch 3, ONNX runs at batch 3 or lacks a lowering)."
+        f"{REGEN_SQNR_DB} dB at batch 3, .xmodel written and read back, ONNX runs at batch 3 or lacks a lowering, "
+        f"each export's peak memory at most {MEMORY_RATIO:g}x the parameter bytes)."
     )
     return 1 if failed else 0
 
@@ -162,14 +235,18 @@ def run_batch1(names: list[str]) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="torchvision model names (default: every classifier)")
-    parser.add_argument("--batch1", action="store_true", help="capture from a batch-1 example and export ONNX")
+    parser.add_argument("--batch1", action="store_true", help="capture from a batch-1 example, export xmodel and ONNX")
+    parser.add_argument("--segmentation", action="store_true", help="with --batch1: the segmentation models")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     known = torchvision.models.list_models(module=torchvision.models)
-    unknown = [n for n in opts.models if n not in known]
+    segmentation = list(SEGMENTATION) if opts.segmentation else []
+    if segmentation and not opts.batch1:
+        parser.error("--segmentation runs with --batch1")
+    unknown = [n for n in opts.models if n not in known and n not in SEGMENTATION]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
-    names = opts.models or known
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(known + list(SEGMENTATION))}")
+    names = opts.models + segmentation or known
     if opts.batch1:
         return run_batch1(names)
     print("| model | result | SQNR b=2 (dB) | SQNR b=3 (dB) | nodes | float-only ops | seconds | note |")

@@ -111,3 +111,64 @@ def calib_then_test(model, example, batches, out_dir, **kwargs):
             calib.quant_model(b)
     calib.export_quant_config()
     return calib, torch_quantizer("test", model, (example,), output_dir=out_dir, **kwargs)
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (VmRSS, Linux)."""
+    return _status_kib("VmRSS") * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class PeakRss:
+    """`with PeakRss() as m: ...` then `m.extra`: the peak resident memory above the RSS at entry, in bytes.
+
+    The kernel's high-water mark is reset at entry (writing 5 to /proc/self/clear_refs) and read at exit,
+    so short peaks inside C calls that hold the GIL are counted; where the reset is not allowed, a thread
+    samples VmRSS every millisecond instead. Not nestable (an inner block resets the mark).
+    """
+
+    def __enter__(self) -> PeakRss:
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:  # free heap pages go back to the OS first, or the block's allocations could reuse them unseen
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.base = rss_bytes()
+        self.peak = self.base
+        self._thread = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            import threading
+
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        else:
+            self.peak = max(self.peak, _status_kib("VmHWM") * 1024)
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.base

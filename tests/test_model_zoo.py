@@ -1,4 +1,5 @@
-"""torchvision classifiers: trace -> optimize -> write_module -> load_module reproduces the float model.
+"""torchvision classifiers: trace -> optimize -> write_module -> load_module reproduces the float model;
+segmentation models (dict outputs) through calibration and both exports; the exports' peak memory.
 
 Random weights, BN statistics populated by train-mode forwards on random data. The full list of 80 models
 runs in benchmarks/model_zoo.py; this test covers the required subset.
@@ -15,8 +16,11 @@ import torch
 import torchvision
 
 import pytorch_nndct as nd
-from helpers import REGEN_SQNR_DB, prepare_model, sqnr_db
+from helpers import REGEN_SQNR_DB, PeakRss, calib_then_test, prepare_model, sqnr_db
 from pytorch_nndct.apis import torch_quantizer
+from pytorch_nndct.export.deploy import lower
+from pytorch_nndct.export.xir_schema import schema
+from pytorch_nndct.export.xmodel import serialize
 from pytorch_nndct.ir.ops import CONV_OPS, Op
 
 ONNX_CONFIG = {
@@ -111,3 +115,63 @@ def test_onnx_export_from_batch_one_runs_at_batch_three(name, tmp_path):
     fp = test.table.outputs[test.plan.tensor_point[test.graph.output_nodes[0].name]].fix_pos
     lsb = np.abs(out - simulated).max() * 2.0**fp
     assert lsb <= 1, f"{name}: onnxruntime differs from the simulation by {lsb} LSB"
+
+
+# Segmentation models return a dict ({"out": tensor}): through capture, codegen, calibration, the .xmodel and the
+# ONNX export (its output named "out"). Calibrated once for ONNX (CPU target, ties to even, as onnxruntime rounds:
+# equal to the simulation); the .xmodel of the same calibrated graph is lowered and written with the exporter's own
+# functions (export_xmodel wants a DPU calibration; model_zoo.py --batch1 --segmentation runs that one too).
+SEGMENTATION = ["deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_segmentation_model_exports_dict_output(name, tmp_path):
+    config = tmp_path / "onnx_config.json"
+    config.write_text(json.dumps(ONNX_CONFIG))
+    size = (3, 64, 64)
+    model = prepare_model(torchvision.models.get_model(name, weights_backbone=None), size)
+    quantizer = torch_quantizer("calib", model, (torch.randn(1, *size),), output_dir=tmp_path, quant_config_file=config)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        quantizer.quantize(quantizer.quant_model, (torch.randn(3, *size),))
+        simulated = quantizer.test(quantizer.quant_model, (x,))
+    assert list(simulated) == ["out"] and simulated["out"].shape == (2, 21, 64, 64)
+    deploy = lower(quantizer.export_graph(), quantizer.plan, quantizer.table)
+    ops = schema().Graph.FromString(serialize(deploy)).op_node
+    assert ops[-1].output_tensor.tensor_dim == [1, 64, 64, 21]  # the "out" map, NHWC
+    assert not deploy.custom  # every op has an XIR equivalent
+    session = ort.InferenceSession(str(quantizer.export_onnx_model()), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["out"]
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    fp = quantizer.table.outputs[quantizer.plan.tensor_point[quantizer.graph.output_nodes[0].name]].fix_pos
+    lsb = np.abs(out - simulated["out"].numpy()).max() * 2.0**fp
+    assert lsb <= 1, f"{name}: onnxruntime differs from the simulation by {lsb} LSB"
+
+
+class WideLinear(torch.nn.Module):
+    """One 48 MB weight: the export's copies of the largest tensor dominate its peak memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.fc = torch.nn.Linear(12 * 32 * 32, 1024)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+# Peak resident memory of each export above the RSS before it, at most 3x the parameter bytes (issue 12): vgg11's
+# export_xmodel once went past 10x (every weight became a list of Python floats). Each export runs once first, so
+# that imports and one-time setup are not counted.
+@pytest.mark.parametrize("name", ["resnet18", "wide_linear"])
+def test_export_peak_memory_is_at_most_three_times_the_parameters(name, tmp_path):
+    size = (3, 32, 32) if name == "wide_linear" else (3, 64, 64)
+    model = prepare_model(WideLinear() if name == "wide_linear" else torchvision.models.get_model(name), size)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    _, quantizer = calib_then_test(model, torch.randn(1, *size), [torch.randn(2, *size)], tmp_path)
+    for export in (quantizer.export_xmodel, quantizer.export_onnx_model):
+        export(tmp_path / "warm")
+        with PeakRss() as memory:
+            export(tmp_path / "measured")
+        assert memory.extra <= 3 * params, f"{export.__name__}: {memory.extra / params:.2f}x the parameter bytes"

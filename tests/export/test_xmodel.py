@@ -16,7 +16,8 @@ from wire import read_graph, read_root
 from helpers import calib_then_test, golden, prepare_model
 from pytorch_nndct.apis import dump_xmodel, torch_quantizer
 from pytorch_nndct.errors import NndctError, OutputDirError
-from pytorch_nndct.export.deploy import lower
+from pytorch_nndct.export.deploy import lower, sanitize
+from pytorch_nndct.export.xir_schema import make_attr, schema
 from pytorch_nndct.export.xmodel import serialize
 from pytorch_nndct.ir.trace import trace
 from pytorch_nndct.passes import optimize
@@ -180,6 +181,33 @@ def check_xmodel(buf: bytes, batch: int) -> list:
     return ops
 
 
+def _lower_of(quantizer, batch):
+    return lower(quantizer.export_graph(), quantizer.plan, quantizer.table, batch)
+
+
+def _whole_message(deploy, devices=None):
+    """The .xmodel built as one protobuf message (the writer streams it op by op instead)."""
+    s = schema()
+    g = s.Graph(graph_name=sanitize(deploy.name))
+    for op in deploy.ops:
+        node = g.op_node.add(op_name=op.name, op_type=op.type)
+        for key, (kind, value) in op.attrs.items():
+            node.op_attr[key].CopyFrom(make_attr(kind, value))
+        for arg_name, producers in op.args.items():
+            node.args.add(arg_name=arg_name, arg_ops=producers)
+        t = node.output_tensor
+        t.tensor_name, t.data_type, t.tensor_bit_width = op.name, 4, 32
+        t.tensor_dim.extend(op.shape)
+    root = read_root(serialize(deploy, devices))  # subgraphs: checked by test_device_subgraphs_...
+    g.subg_root.subgraph_name = "root"
+    g.subg_root.op_name.extend(root.ops)
+    for child in root.children:
+        sub = g.subg_root.subg_child.add(subgraph_name=child.name)
+        sub.op_name.extend(child.ops)
+        sub.subg_attr["device"].CopyFrom(make_attr("string", child.attrs["device"]))
+    return g
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_xmodel_is_sound(case, tmp_path):
     model, example, batches = CASES[case]()
@@ -187,7 +215,9 @@ def test_xmodel_is_sound(case, tmp_path):
     for batch in (1, 3):
         path = quantizer.export_xmodel(tmp_path / f"b{batch}", batch_size=batch)
         assert path.name == f"{type(model).__name__}_int.xmodel"
-        ops = check_xmodel(path.read_bytes(), batch)
+        data = path.read_bytes()
+        ops = check_xmodel(data, batch)
+        assert schema().Graph.FromString(data) == _whole_message(_lower_of(quantizer, batch))
         types = {op.type for op in ops}
         assert {"data", "const", "fix"} <= types and not any(t.startswith("aten") for t in types)
 
@@ -323,6 +353,7 @@ def test_device_subgraphs_follow_the_target_assignment():
     devices = {name: a.device for name, a in assignment.items()}
     assert {"DPU", "CPU", "USER"} <= set(devices.values())  # chunk slices and the 5-D shuffle stay on the CPU
     assert read_root(serialize(deploy)).children == []
+    assert schema().Graph.FromString(serialize(deploy, devices)) == _whole_message(deploy, devices)
     root = read_root(serialize(deploy, devices))
     assert root.name == "root" and root.ops == [op.name for op in deploy.ops]
     owner = {}

@@ -8,6 +8,7 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -46,8 +47,11 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(files: dict[Path, bytes]) -> None:
+def write_atomic(files: dict[Path, bytes | Iterable[bytes]]) -> None:
     """Write several files so that either all of them are replaced or none is.
+
+    A file's content is bytes, or an iterable of bytes-like pieces written as they come (a large export
+    need not be joined in memory first).
 
     Each file goes to a temporary name first; existing files are moved aside and restored if any step
     fails, so an interrupted or failed write never leaves a half-written output directory.
@@ -60,7 +64,8 @@ def write_atomic(files: dict[Path, bytes]) -> None:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             temps[path] = tmp
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                    f.write(piece)
             os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600)
         for path in files:
             if path.exists():

@@ -8,11 +8,11 @@ unknown types with `shape` and `data_type` attributes) and is reported.
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._tables import registrar
@@ -23,9 +23,20 @@ from ..ir.ops import Op, reduced_axes
 from ..quant.dpu import DPU_LEAKY_SLOPE
 from ..quant.plan import QuantPlan
 from ..quant.primitives import avgpool_factor, fake_quantize
+from ..quant.spec import QuantSpec
 from ..quant.table import QuantTable
 
-__all__ = ["ATEN_LOWERINGS", "CUSTOM_REASONS", "LOWERINGS", "DeployGraph", "XOp", "fixed_batch", "lower", "sanitize"]
+__all__ = [
+    "ATEN_LOWERINGS",
+    "CUSTOM_REASONS",
+    "LOWERINGS",
+    "DeployGraph",
+    "XOp",
+    "fixed_batch",
+    "float32_bytes",
+    "lower",
+    "sanitize",
+]
 
 
 def sanitize(name: str) -> str:
@@ -49,6 +60,34 @@ class DeployGraph:
     name: str
     ops: list[XOp] = field(default_factory=list)
     custom: dict[str, str] = field(default_factory=dict)  # op name -> why it is a custom op
+
+
+_BLOCK = 1 << 20  # elements converted at a time by float32_bytes
+
+
+def float32_bytes(values: torch.Tensor, grid: QuantSpec | None = None) -> bytearray:
+    """`values` (in their logical order, any strides) as little-endian float32, fake-quantized onto `grid`.
+
+    Filled a block of leading-dimension slices at a time: a large weight (vgg's 400 MB fc6) is never copied
+    whole, neither for its layout (a permuted view) nor for its rounding, so the deploy graph holds one
+    float32 copy of the weights and nothing more.
+    """
+    values = values.detach()
+    values = values.reshape(1) if values.dim() == 0 else values
+    if grid is not None and (grid.scale is not None or grid.float_scale):  # a step from the whole tensor
+        values, grid = fake_quantize(values.to(torch.float32), grid), None
+    out = bytearray(4 * values.numel())
+    flat = np.frombuffer(out, dtype="<f4")
+    rows = max(1, _BLOCK // max(1, values[0].numel())) if len(values) else 1
+    start = 0
+    for block in values.split(rows):
+        block = block.to(torch.float32)
+        if grid is not None:
+            block = fake_quantize(block, grid)
+        part = block.cpu().contiguous().numpy().reshape(-1)
+        flat[start : start + part.size] = part
+        start += part.size
+    return out
 
 
 _NHWC = [0, 2, 3, 1]  # physical (NHWC) dim i holds logical (NCHW) dim _NHWC[i]
@@ -145,23 +184,13 @@ class _Lowering:
 
     def const(self, name: str, values: torch.Tensor, key: str | None, source: str) -> str:
         """A const op (fake-quantized values when `key` names a quantized parameter), then its fix."""
-        data = values.detach().to(torch.float32).contiguous()
         spec = self.param_specs.get(key) if key else None
         fp = self.table.params[key].fix_pos if spec is not None and key in self.table.params else None
-        if spec is not None and fp is not None:
-            data = fake_quantize(data, spec.with_fix_pos(fp))
-        shape = list(data.shape) or [1]
-        op = XOp(
-            name,
-            "const",
-            shape,
-            {
-                "shape": ("int32_vec", shape),
-                "data_type": ("string", "float32"),
-                "data": ("bytes", struct.pack(f"<{data.numel()}f", *data.reshape(-1).tolist())),
-            },
-            node=source,
-        )
+        grid = spec.with_fix_pos(fp) if spec is not None and fp is not None else None
+        shape = list(values.shape) or [1]
+        attrs = {"shape": ("int32_vec", shape), "data_type": ("string", "float32"),
+                 "data": ("bytes", float32_bytes(values, grid))}  # fmt: skip
+        op = XOp(name, "const", shape, attrs, node=source)
         self.add(op)
         return self.fix_after(op, key, source) if key else op.name
 

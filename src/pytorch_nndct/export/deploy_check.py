@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ..codegen import prepare_output_dir
+from ..quant.primitives import blockwise
 from .deploy import DeployGraph, sanitize
-from .reference import run_deploy_graph
+from .reference import iter_deploy_graph
 
 __all__ = ["DEPLOY_CHECK_DIR", "write_deploy_check"]
 
@@ -29,21 +30,20 @@ def _payload(value: torch.Tensor, fix: tuple[int, int] | None) -> bytes:
     if fix is None:
         return value.detach().to(torch.float32).contiguous().numpy().tobytes()
     bw, fp = fix
-    q = value.detach().double() * math.ldexp(1.0, fp)
     dtype = torch.int8 if bw <= 8 else torch.int16
-    return q.round().to(dtype).contiguous().numpy().tobytes()
+    q = blockwise(lambda x: (x.double() * math.ldexp(1.0, fp)).round_().to(dtype), value.detach())
+    return q.contiguous().numpy().tobytes()
 
 
 def write_deploy_check(deploy: DeployGraph, inputs: list[torch.Tensor], output_dir: str | os.PathLike) -> Path:
-    """Run the deploy graph on `inputs` and write its golden data; returns the model's folder."""
-    values = run_deploy_graph(deploy, inputs)
+    """Run the deploy graph on `inputs` and write its golden data, each op's as it is computed; returns the model's
+    folder."""
     root = prepare_output_dir(Path(output_dir) / DEPLOY_CHECK_DIR)
     final = root / sanitize(deploy.name)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging_"))
     try:
         lines = []
-        for op in deploy.ops:
-            value = values[op.name]
+        for op, value in iter_deploy_graph(deploy, inputs):
             (staging / f"{op.name}.bin").write_bytes(_payload(value, op.fix))
             lines.append(f"{list(value.shape)}: {op.name}")
         (staging / "shape.txt").write_text("\n".join(lines) + "\n")

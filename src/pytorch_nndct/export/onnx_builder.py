@@ -33,7 +33,7 @@ from ..errors import NndctError
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..quant.plan import QuantPlan
-from ..quant.primitives import int32_bias, quantize
+from ..quant.primitives import blockwise, int32_bias, quantize
 from ..quant.scales import param_grid, quantize_param
 from ..quant.spec import DataType, QuantSpec
 from ..quant.table import QuantTable
@@ -219,11 +219,12 @@ class OnnxBuilder:
             else:
                 scale, zp = scale.reshape(-1), zp.reshape(-1)
             return self._dq_init(key, q, scale.numpy().astype(np.float32), zp.numpy(), spec)
-        q = quantize(t, spec)
         if spec.bitwidth <= 8 and spec.signed and spec.symmetric:  # the DPU's int8 weights, stored as uint8 + 128
-            data = self.init(f"{key}_uint8", _as_u8(q.numpy()))
+            u8 = blockwise(lambda x: (quantize(x, spec) + 128).to(torch.uint8), t)  # slices: no float copy held
+            data = self.init(f"{key}_uint8", u8.numpy())
             zero = self.init("zero_uint8_128", np.array(128, dtype=np.uint8))
             return self.add("DequantizeLinear", [data, self.scale(spec.fix_pos), zero], f"{key}_dq")
+        q = blockwise(lambda x: quantize(x, spec), t)
         return self._dq_init(key, q, np.array(math.ldexp(1.0, -spec.fix_pos), dtype=np.float32), np.array(0), spec)
 
     def _dq_init(self, key: str, q, scale: np.ndarray, zp: np.ndarray, spec: QuantSpec) -> str:

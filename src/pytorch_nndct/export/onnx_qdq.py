@@ -246,7 +246,7 @@ def build_onnx(
     for k, node in enumerate(graph.output_nodes):
         if not isinstance(node.meta, TensorMeta):
             raise NndctError(f"{node.where()}: only tensor outputs can be exported to ONNX")
-        name = f"output_{k}"
+        name = graph.output_names()[k]  # a dict output's key, else output_k
         b.add("Identity", [b.value[node.name]], name)
         graph_outputs.append(helper.make_tensor_value_info(name, _dtype(node), _dims(node)))
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, b.inits)

@@ -8,10 +8,10 @@ sum times M / 2^S. Custom ops (no XIR equivalent) cannot run here; the run names
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,11 +19,11 @@ from .._tables import registrar
 from ..errors import NndctError
 from ..ir.ops import Op
 from ..quant.dpu import DPU_FUNCTIONS
-from ..quant.primitives import fake_quantize
+from ..quant.primitives import blockwise, fake_quantize
 from ..quant.spec import QuantSpec, RoundMode
 from .deploy import DeployGraph, XOp
 
-__all__ = ["EXECUTORS", "run_deploy_graph"]
+__all__ = ["EXECUTORS", "iter_deploy_graph", "run_deploy_graph"]
 
 Env = dict[str, torch.Tensor]
 Executor = Callable[[XOp, Env, "_Run"], torch.Tensor]
@@ -57,15 +57,15 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 @executes("const")
 def _const(op: XOp, env: Env, run: _Run) -> torch.Tensor:
-    data = run.attr(op, "data")
-    values = struct.unpack(f"<{len(data) // 4}f", data)
-    return torch.tensor(values, dtype=torch.float32).reshape(run.attr(op, "shape"))
+    values = np.frombuffer(run.attr(op, "data"), dtype="<f4").astype(np.float32)  # a copy: the run may not alias it
+    return torch.from_numpy(values).reshape(run.attr(op, "shape"))
 
 
 @executes("fix")
 def _fix(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     bw, fp = op.fix
-    return fake_quantize(_arg(op, env), QuantSpec(bw, True, RoundMode.HALF_UP, fp))
+    spec = QuantSpec(bw, True, RoundMode.HALF_UP, fp)
+    return blockwise(lambda x: fake_quantize(x, spec), _arg(op, env))
 
 
 def _conv_common(op: XOp, env: Env, run: _Run, weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -264,23 +264,35 @@ def _scale(op: XOp, env: Env, run: _Run) -> torch.Tensor:
     return _arg(op, env) * env[op.args["scale"][0]] + env[op.args["bias"][0]]
 
 
-def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Execute the deploy graph on `inputs` (logical NCHW tensors, in data-op order); returns every op's value."""
+def iter_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> Iterator[tuple[XOp, torch.Tensor]]:
+    """Execute the deploy graph on `inputs` (logical NCHW tensors, in data-op order), yielding each op and its
+    value in order. A value is let go once the last op reading it has run, so the run holds what is still needed,
+    not every activation and a second copy of every weight."""
+    last_read = {name: k for k, op in enumerate(deploy.ops) for names in op.args.values() for name in names}
     run = _Run(deploy)
     env: Env = {}
     pending = list(inputs)
-    for op in deploy.ops:
+    for k, op in enumerate(deploy.ops):
         if op.type == "data":
             if not pending:
                 raise NndctError(f"the deploy graph has more inputs than the {len(inputs)} given")
             x = pending.pop(0).to(torch.float32)
             env[op.name] = _nhwc(x) if x.dim() == 4 else x
-            continue
-        fn = EXECUTORS.get(op.type)
-        if fn is None:
-            raise NndctError(f"{op.name}: the reference run cannot execute {op.type!r} (no XIR equivalent)")
-        env[op.name] = fn(op, env, run)
-    return env
+        else:
+            fn = EXECUTORS.get(op.type)
+            if fn is None:
+                raise NndctError(f"{op.name}: the reference run cannot execute {op.type!r} (no XIR equivalent)")
+            env[op.name] = fn(op, env, run)
+        yield op, env[op.name]
+        for name in [op.name, *(n for names in op.args.values() for n in names)]:
+            if last_read.get(name, -1) <= k:
+                env.pop(name, None)
+                run.window_sums.pop(name, None)
+
+
+def run_deploy_graph(deploy: DeployGraph, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Execute the deploy graph on `inputs` (logical NCHW tensors, in data-op order); returns every op's value."""
+    return {op.name: value for op, value in iter_deploy_graph(deploy, inputs)}
 
 
 def strided_slice(x: torch.Tensor, op: XOp, run: _Run) -> torch.Tensor:

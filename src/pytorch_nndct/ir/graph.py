@@ -216,6 +216,29 @@ class Graph:
     def find(self, op: Op) -> list[Node]:
         return [n for n in self.nodes if n.op is op]
 
+    def output_names(self) -> list[str]:
+        """A name for each of `output_nodes`: where the outputs are a dict, the keys on its path in the output
+        structure ('out'; 'feats_1' for element 1 of a tuple under 'feats'); otherwise, or where that name is
+        not a plain identifier or is taken by a node or a parameter, 'output_<k>'."""
+        paths: dict[int, str] = {}
+
+        def walk(value: Any, path: list[str]) -> None:
+            if isinstance(value, Ref):
+                paths[value.index] = "_".join(path)
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, [*path, str(key)])
+            elif isinstance(value, list | tuple):
+                for k, item in enumerate(value):
+                    walk(item, [*path, str(k)])
+
+        if isinstance(self.output, dict):
+            walk(self.output, [])
+        taken = {n.name for n in self.nodes} | set(self.params)
+        names = [paths.get(k, "") for k in range(len(self.output_nodes))]
+        usable = all(n.isidentifier() and n not in taken for n in names) and len(set(names)) == len(names)
+        return names if usable else [f"output_{k}" for k in range(len(self.output_nodes))]
+
     def unique_param_name(self, wanted: str) -> str:
         name, k = wanted, 1
         while name in self.params:

@@ -19,6 +19,7 @@ __all__ = [
     "ALL_ZERO_FIX_POS",
     "DIFFS_SCOPE",
     "avgpool_factor",
+    "blockwise",
     "calibrate",
     "channel_fix_pos",
     "channel_steps",
@@ -159,6 +160,24 @@ def fake_quantize(x: torch.Tensor, spec: QuantSpec, scale: Step = None, zero_poi
         q = q - _as(zero_point, q)
     s = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
     return q.mul_(_as(s, q)).to(x.dtype)
+
+
+BLOCK = 1 << 20  # elements per slice in blockwise
+
+
+def blockwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """An elementwise `fn` applied to slices of `x` along its first dimension, the results put together: the
+    temporaries `fn` makes stay small when `x` is a large weight (rounding half away from zero alone holds five
+    tensors the size of its input)."""
+    if x.dim() == 0 or x.numel() <= BLOCK:
+        return fn(x)
+    rows = max(1, BLOCK // x[0].numel())
+    out = None
+    for start, block in zip(range(0, len(x), rows), x.split(rows), strict=True):
+        value = fn(block)
+        out = torch.empty(x.shape, dtype=value.dtype, device=value.device) if out is None else out
+        out[start : start + len(block)] = value
+    return out
 
 
 def channel_fix_pos(x: torch.Tensor, spec: QuantSpec, calib: CalibSpec) -> torch.Tensor:
