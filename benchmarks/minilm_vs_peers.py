@@ -40,7 +40,7 @@ def onnxruntime_static(m: minilm.MiniLM, method: str) -> torch.Tensor:
     import pytorch_nndct as nd
     from pytorch_nndct.export.onnx_qdq import build_onnx
     from pytorch_nndct.quant.plan import QuantPlan
-    from pytorch_nndct.quant.spec import QuantTable
+    from pytorch_nndct.quant.table import QuantTable
 
     graph = nd.optimize(nd.trace(m.model, (m.ids[:EVAL_BATCH], m.mask[:EVAL_BATCH])))
     model = build_onnx(graph, QuantPlan(), QuantTable(graph.name), quantized=False)

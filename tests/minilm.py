@@ -126,8 +126,29 @@ def pt2e(m: MiniLM, per_channel: bool = False) -> torch.Tensor:
     example = (m.ids[:EVAL_BATCH], m.mask[:EVAL_BATCH])
     exported = torch.export.export(copy.deepcopy(m.model), example).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
-    prepared = prepare_pt2e(exported, quantizer)
+    prepared = _drop_integer_observers(prepare_pt2e(exported, quantizer))
     with torch.no_grad():
         for i in range(0, CALIB, EVAL_BATCH):
             prepared(m.ids[i : i + EVAL_BATCH], m.mask[i : i + EVAL_BATCH])
     return in_batches(convert_pt2e(prepared), m)
+
+
+def _drop_integer_observers(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """prepare_pt2e hands the integer constants of the mask's position arithmetic back as floats (and
+    XNNPACKQuantizer may observe integer adds): the indices become floats and the model fails. Constants get
+    their exported dtype back and observers on integer values are removed (they quantize nothing)."""
+    for node in list(prepared.graph.nodes):
+        if node.op == "get_attr" and str(node.target).startswith("_tensor_constant"):  # a scalar made a tensor
+            for user in node.users:
+                others = [a.meta.get("val") for a in user.args if isinstance(a, torch.fx.Node) and a is not node]
+                if any(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in others):
+                    held = getattr(prepared, node.target)
+                    setattr(prepared, node.target, held.to(next(v.dtype for v in others if v is not None)))
+        if node.op != "call_module" or not str(node.target).startswith("activation_post_process"):
+            continue
+        val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+        if val is not None and not val.is_floating_point():
+            node.replace_all_uses_with(node.args[0])
+            prepared.graph.erase_node(node)
+    prepared.recompile()
+    return prepared

@@ -30,7 +30,7 @@ from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.calibrated import load_table, table_from_points
 from .quant.config import QuantConfig
-from .quant.plan import QuantPlan, graph_md5, make_plan
+from .quant.plan import QuantPlan, graph_md5, make_plan, split_float_reads_
 from .quant.runtime import Mode, QuantState, attach, attach_bias_correction
 from .quant.table import QuantTable
 
@@ -102,6 +102,7 @@ class QuantSession:
             pairs = len(equalization_pairs(graph))
             if equalize_(graph):
                 log.info("cross-layer equalization balanced %d conv pair(s)", pairs)
+        split_float_reads_(graph)
         return graph
 
     # ------------------------------------------------------------------ state

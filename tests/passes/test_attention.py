@@ -11,7 +11,7 @@ import pytorch_nndct as nd
 from helpers import assert_float_equivalent, golden
 from pytorch_nndct.ir.ops import Op
 from pytorch_nndct.passes.attention import SDPA_TARGET
-from pytorch_nndct.quant.plan import make_plan
+from pytorch_nndct.quant.plan import make_plan, split_float_reads_
 
 
 class Attention(nn.Module):
@@ -135,3 +135,30 @@ def test_residual_sum_read_by_layer_norm_is_float_and_its_inputs_quantized():
     assert add.name in plan.float_ops and add.name not in plan.tensor_point
     assert all(src.name in plan.tensor_point for src in add.inputs)
     assert all(n.name in plan.outputs for n in graph.find(Op.LAYER_NORM))
+
+
+def test_float_readers_of_a_norm_read_it_unquantized(tmp_path):
+    """After split_float_reads_, the residual sum reads the norm's float output; the linear reads an identity
+    that carries the norm's point; the regenerated model is unchanged in float."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.norm, self.norm2 = nn.LayerNorm(8), nn.LayerNorm(8)
+
+        def forward(self, x):
+            y = self.norm(x)
+            return self.norm2(y + self.lin(y))
+
+    model, x = Block().eval(), torch.randn(2, 3, 8)
+    graph = nd.optimize(nd.trace(model, x))
+    assert split_float_reads_(graph)
+    plan = make_plan(graph)
+    first = graph.find(Op.LAYER_NORM)[0]
+    add, (copy,) = graph.find(Op.ADD)[0], graph.find(Op.IDENTITY)
+    assert first in add.inputs and first.name not in plan.tensor_point
+    assert copy.inputs == [first] and graph.find(Op.LINEAR)[0].inputs == [copy] and copy.name in plan.outputs
+    loaded = nd.load_module(nd.write_module(graph, tmp_path))
+    with torch.no_grad():
+        assert_float_equivalent(model(x), loaded(x), rtol=1e-5, atol=1e-6)

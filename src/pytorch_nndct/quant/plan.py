@@ -35,7 +35,16 @@ from .layers import LayerRef, any_match, scope_path
 from .masks import off_grid
 from .spec import CalibSpec, QuantSpec, TensorKind
 
-__all__ = ["QUANT_ROLE", "ParamPoint", "QuantPlan", "Role", "graph_md5", "layer_refs", "make_plan"]
+__all__ = [
+    "QUANT_ROLE",
+    "ParamPoint",
+    "QuantPlan",
+    "Role",
+    "graph_md5",
+    "layer_refs",
+    "make_plan",
+    "split_float_reads_",
+]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -164,9 +173,12 @@ def make_plan(
     config = config or QuantConfig.default(bitwidth_w, bitwidth_a)
     forced = dict(float_nodes or {})
     masks = off_grid(graph)
-    unpointed = {**masks.large, **masks.masked, **_float_sums(graph)}  # float, and read in float
+    sums = _float_sums(graph)
+    unpointed = {**masks.large, **masks.masked, **sums}  # float, and read in float
     for name, why in unpointed.items():
         forced.setdefault(name, why)
+    for name in _float_read(graph, sums):  # its quantized readers read it through their own point
+        forced.setdefault(name, "computed in float; its float readers read it in float, the others quantized")
 
     def role_of(node: Node) -> Role:
         if node.name in forced and QUANT_ROLE[node.op] is not Role.STRUCTURE:
@@ -284,6 +296,39 @@ def _float_sums(graph: Graph) -> dict[str, str]:
             if not _is_output(graph, node):
                 out[node.name] = "a residual sum read only by a float layer/group norm: computed in float with it"
     return out
+
+
+def _float_read(graph: Graph, sums: Mapping[str, str]) -> list[str]:
+    """Float-computed ops (norms, softmax, GELU) with a reader computed in float (a residual sum)."""
+    io = [n for n in graph.nodes if QUANT_ROLE[n.op] is Role.FLOAT_IO]
+    return [n.name for n in io if any(u.name in sums for u in n.users)]
+
+
+def split_float_reads_(graph: Graph) -> bool:
+    """Give the quantized readers of a float op that a float sum also reads their own copy of its output.
+
+    A layer norm's output feeds the next attention's linears (quantized: they run on the DPU) and the next
+    residual sum (float, on the host with the norm). One point on the norm's output would make the sum read
+    8-bit values it has no use for; an identity in front of the quantized readers carries the point instead
+    (the .xmodel writes it as the `fix` that feeds the DPU). Run before make_plan; names are renumbered.
+    """
+    changed = False
+    sums = _float_sums(graph)
+    for name in _float_read(graph, sums):
+        node = graph.node(name)
+        others = [u for u in node.users if u.name not in sums]
+        if not others:
+            continue
+        copy = graph.add_node(Op.IDENTITY, [node], meta=node.meta, scope=node.scope, source=node.source,
+                              before=min(others, key=graph.nodes.index))  # fmt: skip
+        for user in others:
+            for k, src in enumerate(list(user.inputs)):
+                if src is node:
+                    graph.set_input(user, k, copy)
+        changed = True
+    if changed:
+        graph.renumber()
+    return changed
 
 
 def layer_refs(graph: Graph, module_types: Mapping[str, type]) -> dict[str, LayerRef]:
