@@ -38,6 +38,7 @@ from .options import (
 )
 from .quant.bias_corr import BiasCorrector
 from .quant.config import ConfigError, QuantConfig, parse_config
+from .quant.mixed import check_budget
 from .quant.primitives import calibrate
 from .quant.rules import apply_constraints
 from .quant.runtime import Mode
@@ -150,7 +151,9 @@ class torch_quantizer(QuantSession):
     bitwidth_a)` also work: a path in fourth place is read that way. `bitwidth_w` / `bitwidth_a` stay as
     keywords. `device=None` keeps the model where its parameters are. `target` (a DPU name or fingerprint)
     keeps what that DPU cannot run in float (hardware-aware quantization) unless a `quant_config_file` is
-    given. `dynamo=True` is accepted: our capture is torch.export-based already.
+    given. `dynamo=True` is accepted: our capture is torch.export-based already. `mixed_precision_budget` (ours:
+    an int count or a float fraction of the activation points, also a config key) keeps the points whose
+    16-bit width lowers the output error most at 16 bits (measured at export_quant_config(); quant/mixed.py).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class torch_quantizer(QuantSession):
         bitwidth_w: int | None = None,
         bitwidth_a: int | None = None,
         include_bias_corr: bool | None = None,
+        mixed_precision_budget: int | float | None = None,
     ) -> None:
         mode = _parse_mode(quant_mode)
         input_kwargs, legacy = resolve_positional(
@@ -201,7 +205,15 @@ class torch_quantizer(QuantSession):
         )
         if include_bias_corr is not None:
             self.config.include_bias_corr = bool(include_bias_corr)
+        if mixed_precision_budget is not None:
+            self.config.mixed_precision_budget = check_budget(mixed_precision_budget)
         self.target = self._hardware_target(target, quant_config_file)
+        if self.target is not None and self.config.mixed_precision_budget:
+            raise InputError(
+                f"mixed_precision_budget keeps activations at 16 bits, but target {target!r} computes 8-bit feature "
+                "maps (every DPU of the target table does). Fix: drop target= to quantize for the simulation, ONNX "
+                "or a 16-bit-capable device, or drop mixed_precision_budget for this DPU."
+            )
         custom = _custom_ops(custom_quant_ops)
         if legacy.state_dict_file is not None:
             _load_state_dict(module, legacy.state_dict_file)
@@ -292,6 +304,8 @@ class torch_quantizer(QuantSession):
                 table.params[key] = spec.with_fix_pos(calibrate(corrected, spec, calibs[key]))
             log.info("bias correction: %s", BiasCorrector.describe(corrections))
         table.fast_finetuned = bool(overrides) or self.finetuned  # param.pth is written even if no layer was kept
+        if self.config.mixed_precision_budget:
+            table = self.widen_sensitive(table)
         apply_constraints(self.graph, self.plan, table)
         written = write_quant_info(table, self.output_dir, corrections)
         log.info("wrote %s (%d params, %d outputs)", written, len(table.params), len(table.outputs))

@@ -64,7 +64,8 @@ _UNSUPPORTED = {
     "mix_bit": (
         True,
         "mix_bit=True (automatic mixed bit widths) is not supported yet (the original ignores it outside QAT). "
-        "Fix: drop it, or set per-layer bit widths in quant_config_file's layer_quantize_config.",
+        "Fix: drop it and pass mixed_precision_budget (16-bit activation points chosen by measured sensitivity), "
+        "or set per-layer bit widths in quant_config_file's layer_quantize_config.",
     ),
     "qat_proc": (
         True,

@@ -2,9 +2,10 @@
 
 `QuantSession.build` runs the steps in order (each a small method): capture and optimise the float model,
 plan the quantization points, generate and load `<Model>.py`, attach the points and bias correction, and
-in test mode load `quant_info.json`. The rest reads the calibrated table back out, applies fast-finetuned
-parameters and bias corrections to the graph that is exported, and remembers the last test input (for
-deploy-check data and exports that need one).
+in test mode load `quant_info.json`. The rest reads the calibrated table back out, widens the most sensitive
+activation points (mixed precision, quant/mixed.py), applies fast-finetuned parameters and bias corrections to
+the graph that is exported, and remembers the last test input (for deploy-check data and exports that need
+one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import dataclasses
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,11 @@ from .passes import equalization_pairs, equalize_, optimize
 from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.calibrated import load_table, table_from_points
 from .quant.config import QuantConfig
+from .quant.mixed import KEPT_BATCHES, WIDE_BITS, choose, describe, output_error, widen
 from .quant.plan import QuantPlan, graph_md5, make_plan, split_float_reads_
-from .quant.runtime import Mode, QuantState, attach, attach_bias_correction
+from .quant.rules import apply_constraints, fix_ties
+from .quant.runtime import ActPoint, Mode, QuantState, attach, attach_bias_correction
+from .quant.spec import QuantSpec
 from .quant.table import QuantTable
 
 __all__ = ["LAST", "QuantSession"]
@@ -85,6 +90,10 @@ class QuantSession:
         self.calib_batches = self.calib_samples = 0  # what calibration has seen
         self.finetuned = False  # fast_finetune() ran (and wrote param.pth)
         self._model.register_forward_pre_hook(self._remember_inputs)
+        self._kept: list[tuple[tuple, dict]] = []  # the first calibration batches (mixed precision)
+        self.mixed_precision_errors: tuple[float, float] | None = None  # output error before / after widening
+        if mode is Mode.CALIB and self.config.mixed_precision_budget:
+            self._watch_wide()
         LAST["quantizer"] = weakref.ref(self)
         log.info(
             "%s in %s mode: %d parameter and %d output quantization points; %d op(s) computed in float (%d "
@@ -183,6 +192,78 @@ class QuantSession:
             if p.key in values:
                 self.points[p.key].overrides[p.role] = values[p.key].to(self.graph.params[p.key].device)
 
+    # ------------------------------------------------------------------ mixed precision (quant/mixed.py)
+    def _watch_wide(self) -> None:
+        """Calibration with a mixed-precision budget: candidate points also find their 16-bit fix position,
+        and the first KEPT_BATCHES batches are kept to measure sensitivity at export."""
+        for key, spec in self.plan.outputs.items():
+            point = self.points.get(key)
+            if isinstance(point, ActPoint) and _widenable(spec):
+                point.watch_wide(WIDE_BITS)
+        self._model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
+
+    def _keep_batch(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.state.mode is Mode.CALIB and len(self._kept) < KEPT_BATCHES:
+            copy = torch.utils._pytree.tree_map(lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v,
+                                                (args, kwargs))  # fmt: skip
+            self._kept.append(copy)
+
+    def widen_sensitive(self, table: QuantTable) -> QuantTable:
+        """`table` (calibrated, before the DPU constraints) with the most sensitive activation points at 16 bits,
+        as many as config.mixed_precision_budget allows; logs the chosen points and their gains."""
+        wide = {k: p.wide[1].value for k, p in self.points.items()
+                if isinstance(p, ActPoint) and p.wide is not None and p.wide[1].value is not None
+                and table.outputs[k].fix_pos is not None}  # fmt: skip
+        groups = [g for g in fix_ties(self.graph, self.plan) if all(k in wide for k in g)]
+
+        def constrained(fix_pos: dict[str, int]) -> QuantTable:
+            trial = widen(table, fix_pos)
+            apply_constraints(self.graph, self.plan, trial, quiet=True)
+            return trial
+
+        with self._trials() as run:
+            reference = run(None)
+            picks, base, final = choose(
+                self.config.mixed_precision_budget, groups, wide, lambda fps: output_error(run(constrained(fps)),
+                                                                                            reference)
+            )  # fmt: skip
+        if not picks:
+            log.info("mixed precision: no activation point widened (budget %s, %d candidate point(s))",
+                     self.config.mixed_precision_budget, len(wide))  # fmt: skip
+            return table
+        self.mixed_precision_errors = (base, final)
+        widened = {k: fp for p in picks for k, fp in p.fix_pos.items()}
+        log.info("mixed precision: %d of %d activation points at %d bits\n%s", len(widened), len(wide), WIDE_BITS,
+                 describe(picks, base, final, table))  # fmt: skip
+        return widen(table, widened)
+
+    @contextmanager
+    def _trials(self) -> Iterator[Callable[[QuantTable | None], list[Any]]]:
+        """Yields run(table): the kept batches' outputs in test mode with `table` (None: in float); every point,
+        the mode and the last test input are restored afterwards."""
+        if not self._kept:
+            raise NndctError("mixed precision needs calibration batches; run quant_model(x) in calib mode first.")
+        saved_mode, saved_last = self.state.mode, self._last_inputs
+        acts = {k: (p.spec, p.fix_pos, p.scale) for k, p in self.points.items() if isinstance(p, ActPoint)}
+        params = {id(p): (p, dict(p.specs)) for p in self.points.values() if not isinstance(p, ActPoint)}
+
+        def run(table: QuantTable | None) -> list[Any]:
+            self.state.mode = Mode.FLOAT if table is None else Mode.TEST
+            if table is not None:
+                load_table(self.plan, self.points, table)
+            with torch.no_grad():
+                return [self._model(*args, **kwargs) for args, kwargs in self._kept]
+
+        try:
+            yield run
+        finally:
+            self.state.mode, self._last_inputs = saved_mode, saved_last
+            for key, (spec, fix_pos, scale) in acts.items():
+                point = self.points[key]
+                point.spec, point.fix_pos, point.scale = spec, fix_pos, scale
+            for pq, specs in params.values():
+                pq.specs = specs
+
     # ------------------------------------------------------------------ the table
     def expected_table(self) -> QuantTable:
         table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
@@ -199,6 +280,8 @@ class QuantSession:
         loaded, doc = read_quant_info(self.output_dir, self.graph.name)
         check_table(loaded, self.expected_table(), doc, str(self.output_dir / QUANT_INFO))
         self.table = loaded
+        for key in loaded.mixed_precision:  # widened by sensitivity at calibration: the file sets the width
+            self.plan.outputs[key] = dataclasses.replace(self.plan.outputs[key], bitwidth=loaded.outputs[key].bitwidth)
         if loaded.fast_finetuned:
             self._set_overrides(read_ft_params(self.output_dir, set(self.graph.params)))
         if loaded.bias_corrected:
@@ -209,3 +292,8 @@ class QuantSession:
 
     def export_dir(self, output_dir: str | os.PathLike | None) -> Path:
         return prepare_output_dir(output_dir if output_dir is not None else self.output_dir)
+
+
+def _widenable(spec: QuantSpec) -> bool:
+    """A power-of-two integer point narrower than WIDE_BITS (the DPU's format): a mixed-precision candidate."""
+    return spec.is_int and not spec.float_scale and not spec.per_channel and spec.bitwidth < WIDE_BITS

@@ -8,6 +8,9 @@ Beyond the original's sections (`param`, `output`, `input`: `[[bit_width, fix_po
 - `dtype` (written, as by the original, when any tensor has a float data type): `{"param": {...}, "output":
   {...}, "input": {}}` with `["int"]`, `["bfloat16"]`, `["float16"]` or `["float32"]` per tensor; tensors of a
   float data type appear only there.
+- `mixed_precision` (written when mixed precision widened any point): `["<Model>::<output>", ...]`, the
+  activation points kept at 16 bits by sensitivity; their entries are ordinary `[[16, fix_pos]]`, and test mode
+  takes their width from the file.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ def write_quant_info(
             for section, specs in (("param", table.params), ("output", table.outputs))
         }
         doc["dtype"]["input"] = {}
+    if table.mixed_precision:
+        doc["mixed_precision"] = [f"{m}::{k}" for k in table.mixed_precision]
     doc.update(fast_finetuned=table.fast_finetuned, bias_corrected=table.bias_corrected, version=_version(),
                graph_md5=table.graph_md5)  # fmt: skip
     folder = prepare_output_dir(output_dir)
@@ -172,6 +177,7 @@ def read_quant_info(output_dir: str | os.PathLike, model: str) -> tuple[QuantTab
         for key, dtype in _dtypes(doc, section, path).items():
             if dtype is not DataType.INT:
                 specs[key] = QuantSpec(dtype=dtype)
+    table.mixed_precision = _mixed_precision(doc, table, path)
     for key, (scale, zero_point) in _float_scales(doc, path).items():
         if key not in table.outputs:
             raise QuantInfoError(f"{path}: float_scale names {key!r}, which has no output entry. {_RECALIBRATE}")
@@ -197,6 +203,18 @@ def _dtypes(doc: dict, section: str, path: Path) -> dict[str, DataType]:
             raise QuantInfoError(f"{path}: dtype entry {key!r} is {value!r}, not one of {list(names)}. {_RECALIBRATE}")
         out[key.split("::", 1)[1] if "::" in key else key] = names[value[0]]
     return out
+
+
+def _mixed_precision(doc: dict, table: QuantTable, path: Path) -> list[str]:
+    raw = doc.get("mixed_precision", [])
+    if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+        raise QuantInfoError(f"{path}: mixed_precision is {raw!r}, not a list of output names. {_RECALIBRATE}")
+    keys = [k.split("::", 1)[1] if "::" in k else k for k in raw]
+    unknown = [k for k in keys if k not in table.outputs]
+    if unknown:
+        raise QuantInfoError(f"{path}: mixed_precision names {_few(unknown)}, which have no output entry. "
+                             f"{_RECALIBRATE}")  # fmt: skip
+    return keys
 
 
 def _float_scales(doc: dict, path: Path) -> dict[str, tuple[float, int]]:
@@ -229,15 +247,16 @@ def check_table(loaded: QuantTable, expected: QuantTable, doc: dict[str, Any], p
         if extra:
             problems.append(f"{len(extra)} {section} key(s) are not in this model: {_few(extra)}")
     if not problems:
+        widened = set(loaded.mixed_precision)  # outputs whose width the file sets (mixed precision)
         pairs = [(k, got[k], want[k]) for got, want in ((loaded.params, expected.params),
                                                          (loaded.outputs, expected.outputs)) for k in want]  # fmt: skip
-        for what, differs in (
-            ("data types", lambda g, w: g.dtype is not w.dtype),
-            ("bit widths", lambda g, w: w.is_int and g.bitwidth != w.bitwidth),
+        for what, differs, skip in (
+            ("data types", lambda g, w: g.dtype is not w.dtype, ()),
+            ("bit widths", lambda g, w: w.is_int and g.bitwidth != w.bitwidth, widened),
             ("scale types", lambda g, w: w.is_int and ((g.fix_pos is not None and (w.float_scale or w.per_channel))
-                                                       or (g.scale is not None and not w.float_scale))),
+                                                       or (g.scale is not None and not w.float_scale)), ()),
         ):  # fmt: skip
-            bad = [_describe(k, g, w) for k, g, w in pairs if differs(g, w)]
+            bad = [_describe(k, g, w) for k, g, w in pairs if k not in skip and differs(g, w)]
             if bad:
                 raise QuantInfoError(
                     f"{path} was calibrated with other {what}: {_few(bad, 3)}. Fix: create the test-mode quantizer "

@@ -7,6 +7,7 @@ itself (float steps, per-channel) and float data types carry no value: they are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -64,4 +65,6 @@ def load_table(plan: QuantPlan, points: dict[str, Any], table: QuantTable) -> No
         if isinstance(point, ActPoint):
             loaded = table.outputs.get(key)
             point.fix_pos = loaded.fix_pos if loaded is not None else None
+            if loaded is not None and loaded.is_int and point.spec.is_int and loaded.bitwidth != point.spec.bitwidth:
+                point.spec = dataclasses.replace(point.spec, bitwidth=loaded.bitwidth)  # mixed precision
             point.scale = (loaded.scale, loaded.zero_point) if loaded is not None and loaded.scale else None

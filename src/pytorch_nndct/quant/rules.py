@@ -16,7 +16,7 @@ from ..ir.ops import CONV_OPS, Op
 from .plan import QuantPlan
 from .table import QuantTable
 
-__all__ = ["apply_constraints"]
+__all__ = ["apply_constraints", "fix_ties"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -81,8 +81,8 @@ def _inputs_take_output_fp(adj: _Adjuster, plan: QuantPlan, node: Node) -> None:
             adj.set(i_key, fp_o, f"{node.op.value} {node.name}: its inputs take its output's fp (config)")
 
 
-def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable) -> list[str]:
-    """Adjust `table` in place so the DPU can run it; returns one line per change (also logged)."""
+def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable, quiet: bool = False) -> list[str]:
+    """Adjust `table` in place so the DPU can run it; returns one line per change (logged unless `quiet`)."""
     adj = _Adjuster(table)
     if not plan.only_int:
         return adj.changes
@@ -109,6 +109,42 @@ def apply_constraints(graph: Graph, plan: QuantPlan, table: QuantTable) -> list[
             i_key, o_key = _key_of(plan, node.inputs[0]), _key_of(plan, node)
             if i_key != o_key and (fp_i := adj.get(i_key)) is not None and adj.get(o_key) is not None:
                 adj.set(o_key, fp_i, f"{node.op.value} {node.name} keeps its input's fp")
-    for line in adj.changes:
+    for line in adj.changes if not quiet else ():
         log.info("constraint: %s", line)
     return adj.changes
+
+
+def _shares_input_fp(plan: QuantPlan, node: Node) -> bool:
+    """The node's output and its inputs end with one fix position (the relations above that set it equal)."""
+    if node.op is Op.CAT:
+        return plan.change_concat_input_fix
+    if node.op in _POOLS:
+        return plan.change_pool_input_fix
+    return node.op in _SAME_AS_INPUT or (node.op is Op.INTERPOLATE and node.attrs.get("mode") == "nearest")
+
+
+def fix_ties(graph: Graph, plan: QuantPlan) -> list[tuple[str, ...]]:
+    """The output points grouped by the constraints that give them one fix position (so one bit width):
+    concat / pooling inputs under the change_*_input_fix flags, pad, slice and nearest upsampling; each
+    point not tied to another is a group of its own. Groups and their keys are in graph order."""
+    parent = {key: key for key in plan.outputs}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for node in graph.nodes:
+        o_key = _key_of(plan, node)
+        if o_key not in parent or not _shares_input_fp(plan, node):
+            continue
+        sources = node.inputs if node.op is Op.CAT else node.inputs[:1]
+        for src in sources:
+            i_key = _key_of(plan, src)
+            if i_key in parent:
+                parent[root(i_key)] = root(o_key)
+    groups: dict[str, list[str]] = {}
+    for key in plan.outputs:
+        groups.setdefault(root(key), []).append(key)
+    return [tuple(keys) for keys in groups.values()]

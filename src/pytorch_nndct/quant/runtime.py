@@ -14,6 +14,7 @@ calibrated values into a QuantTable, `calibrated.load_table` sets them from one.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -83,6 +84,13 @@ class ActPoint:
         self.fix_pos: int | None = None  # loaded or exported value (test mode)
         self.scale: tuple[float, int] | None = None  # float steps: loaded (step, zero point) (test mode)
         self.fused_clamp: tuple[float, float] | None = None  # a ReLU/ReLU6 this point applies itself
+        # mixed precision: the wider spec this point may get, and its fix positions found in calibration
+        self.wide: tuple[QuantSpec, FixPosObserver] | None = None
+
+    def watch_wide(self, bitwidth: int) -> None:
+        """In calibration, also find the fix position this point would have at `bitwidth` (same method and
+        statistic, same batches): quant/mixed.py widens the most sensitive points at export."""
+        self.wide = (dataclasses.replace(self.spec, bitwidth=bitwidth), FixPosObserver(self.calib.statistic))
 
     def use_observed(self) -> None:
         """Take the calibration statistic so far as the test-mode value (fix position or float step)."""
@@ -137,6 +145,9 @@ class ActPoint:
             output = kernels.FusedOutput(guess) if guess is not None and not needs_grad else None
             errors = functools.partial(kernels.diffs_errors, clamp=clamp, output=output)
             self.observer.observe(calibrate(x, self.spec, self.calib, errors, (lo, hi)))
+            if self.wide is not None:
+                wide_x = x if clamp is None else x.clamp(*clamp)
+                self.wide[1].observe(calibrate(wide_x, self.wide[0], self.calib, value_range_=(lo, hi)))
             current = self.observer.value
             if output is not None and output.value is not None and current == guess:
                 return output.value.view(x.shape)

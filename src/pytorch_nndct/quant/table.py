@@ -19,6 +19,7 @@ class QuantTable:
     graph_md5: str = ""
     fast_finetuned: bool = False
     bias_corrected: bool = False
+    mixed_precision: list[str] = field(default_factory=list)  # output keys widened by sensitivity (quant/mixed.py)
 
     def fix_pos(self, key: str) -> int | None:
         spec = self.params.get(key) or self.outputs.get(key)
