@@ -36,4 +36,4 @@ def test_dpu_defaults_above_pt2e(model):
 def test_cpu_float_scale_per_channel(model):
     mean, low, agree = model.score(minilm.quantize(model, CPU_CONFIG))
     print(f"CPU float scales, per-channel weights: cosine mean {mean:.4f} min {low:.4f}, neighbours {agree:.1%}")
-    assert mean >= 0.955 and agree >= 0.8
+    assert mean >= 0.975 and agree >= 0.85
