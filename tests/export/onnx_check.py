@@ -62,18 +62,20 @@ def _point_names(quantizer, path) -> dict[str, str]:
     return names
 
 
-def compare(quantizer, path, x: torch.Tensor, level: str = "BASIC") -> Agreement:
+def compare(quantizer, path, x: torch.Tensor | tuple[torch.Tensor, ...], level: str = "BASIC") -> Agreement:
+    """`x`: the input, or a tuple of the inputs of a model with several (fed in the ONNX inputs' order)."""
+    xs = x if isinstance(x, tuple) else (x,)
     names = _point_names(quantizer, path)
     keys = list(names)
     sess = session(path, level, [names[k] for k in keys])
-    feed = {sess.get_inputs()[0].name: x.numpy()}
+    feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), xs, strict=True)}
     result = sess.run(None, feed)
     ort_points = dict(zip(keys, result[1:], strict=True))
     final = session(path, "ALL").run(None, feed)[0]
     report = Agreement()
     model = quantizer.quant_model
     with torch.no_grad():
-        simulated = model(x).numpy()
+        simulated = model(*xs).numpy()
     _end_to_end(quantizer, report, simulated, final)
     index = {n.name: k for k, n in enumerate(quantizer.graph.nodes)}
     seen: dict[str, np.ndarray] = {}
@@ -90,7 +92,7 @@ def compare(quantizer, path, x: torch.Tensor, level: str = "BASIC") -> Agreement
         hooks.append(sub.register_forward_hook(force))
     try:
         with torch.no_grad():
-            model(x)
+            model(*xs)
     finally:
         for h in hooks:
             h.remove()

@@ -249,3 +249,44 @@ class FloatAten(nn.Module):
 def test_float_aten_ops(tmp_path):
     types = {"Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Pow", "ReduceSum", "ReduceMax", "ArgMin", "CumSum", "Not"}
     _check(FloatAten(), torch.randn(5, 4, 8), tmp_path, types=types)
+
+
+class SentenceEncoder(TinyBert):
+    """sentence-transformers' tail on a two-input encoder (ids, attention mask): mean pooling over the mask with
+    sum / clamp / div, then linalg_vector_norm normalization (all-MiniLM-L6-v2's)."""
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, length = ids.shape
+        x = self.norm1(self.tokens(ids) + self.positions(torch.arange(length, device=ids.device)))
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias).softmax(-1)
+        x = self.norm2(x + self.proj((attn @ v).transpose(1, 2).reshape(n, length, -1)))
+        x = x + self.ff2(F.gelu(self.ff1(x)))
+        m = mask.unsqueeze(-1).expand(x.size()).float()
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+
+def test_two_input_sentence_encoder(tmp_path):
+    """Several inputs compared point by point (onnx_check.compare takes a tuple)."""
+    from pytorch_nndct.apis import torch_quantizer
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (6, 8))
+    mask = torch.ones_like(ids)
+    mask[:, 5:] = 0
+    ids[:, 5:] = 0
+    config = tmp_path / "onnx_config.json"
+    config.write_text(json.dumps(ONNX_CONFIG))
+    model = SentenceEncoder().eval()
+    kwargs = {"output_dir": tmp_path, "quant_config_file": config}
+    calib = torch_quantizer("calib", model, (ids, mask), **kwargs)
+    with torch.no_grad():
+        calib.quant_model(ids, mask)
+    calib.export_quant_config()
+    quantizer = torch_quantizer("test", model, (ids, mask), **kwargs)
+    path = quantizer.export_onnx_model()
+    report = compare(quantizer, path, (ids, mask))
+    assert report.points > 0 and report.worst_lsb <= 1 and report.worst_rel <= 1, report.unequal
+    assert report.end_abs < 1e-5, report.end_abs
