@@ -19,7 +19,7 @@ import torch
 
 from .ops import OPS, Op, OpDef
 
-__all__ = ["Graph", "InputSpec", "Node", "Ref", "TensorMeta", "map_refs", "refs_in"]
+__all__ = ["Graph", "InputSpec", "Node", "Ref", "TensorMeta", "leaves", "map_refs", "refs_in"]
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,21 @@ def map_refs(value: Any, fn: Callable[[Ref], Any]) -> Any:
     return value
 
 
-def refs_in(value: Any) -> Iterator[Ref]:
-    """Every `Ref` inside a nested attribute value, in order."""
-    if isinstance(value, Ref):
-        yield value
-    elif isinstance(value, list | tuple):
+def leaves(value: Any) -> Iterator[Any]:
+    """Every leaf of a nested attribute value (lists, tuples and dict values walked), in order."""
+    if isinstance(value, list | tuple):
         for v in value:
-            yield from refs_in(v)
+            yield from leaves(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from refs_in(v)
+            yield from leaves(v)
+    else:
+        yield value
+
+
+def refs_in(value: Any) -> Iterator[Ref]:
+    """Every `Ref` inside a nested attribute value, in order."""
+    return (v for v in leaves(value) if isinstance(v, Ref))
 
 
 @dataclass(eq=False)

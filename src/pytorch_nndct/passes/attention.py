@@ -34,7 +34,7 @@ def _meta(shape: tuple, dtype: str) -> TensorMeta:
     return TensorMeta(tuple(shape), dtype)
 
 
-def _decomposable(node: Node, a: dict) -> bool:
+def _decomposable(a: dict) -> bool:
     q, k, v = a["query"], a["key"], a["value"]
     if not all(isinstance(t, Node) and isinstance(t.meta, TensorMeta) for t in (q, k, v)):
         return False
@@ -83,7 +83,7 @@ def decompose_attention_(graph: Graph) -> bool:
     changed = False
     for node in [n for n in graph.nodes if n.op is Op.ATEN and n.attrs.get("target") == SDPA_TARGET]:
         a = _call_args(node)
-        if not _decomposable(node, a):
+        if not _decomposable(a):
             continue
         out = _decompose(graph, node, a)
         graph.replace_all_uses(node, out)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..ir.graph import Graph, Node, TensorMeta
+from ..ir.graph import Graph, Node, TensorMeta, leaves
 from ..ir.ops import Op
 
 __all__ = ["LARGE_VALUE", "OffGrid", "off_grid"]
@@ -50,16 +50,8 @@ class OffGrid:
 
 
 def _scalars(value: Any) -> Iterator[float]:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int | float):
-        yield float(value)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _scalars(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _scalars(v)
+    """The numbers (not bools) in a nested attribute value."""
+    return (float(v) for v in leaves(value) if isinstance(v, int | float) and not isinstance(v, bool))
 
 
 def _has_large_scalar(node: Node) -> bool:
