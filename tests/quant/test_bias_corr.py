@@ -74,7 +74,9 @@ def test_bias_correction_is_saved_and_flagged(runs):
     saved = torch.load(dirs[True] / BIAS_CORR, weights_only=True)
     biases = [k for k in doc_on["param"] if k.endswith(".bias")]
     assert len(saved) == len(biases) == 10  # stem, 8 block convs (BN folded into biases), fc
-    assert all(v.dim() == 1 and torch.isfinite(v).all() and v.abs().max() > 0 for v in saved.values())
+    assert all(v.dim() == 1 and torch.isfinite(v).all() for v in saved.values())
+    # the stem's output has no mean shift beyond its bias's rounding, which no correction can undo
+    assert sum(bool(v.abs().max() > 0) for v in saved.values()) >= 9
 
 
 def test_bias_correction_improves_the_quantized_output(runs):
@@ -85,7 +87,7 @@ def test_bias_correction_improves_the_quantized_output(runs):
             c: sqnr_db(ref, torch_quantizer("test", model, (test_x[:2],), output_dir=d).quant_model(test_x))
             for c, d in dirs.items()
         }
-    assert sqnr[True] > sqnr[False] + 3.0, sqnr  # measured 39.6 vs 33.0 dB
+    assert sqnr[True] > sqnr[False] + 6.0, sqnr  # measured 41.7 vs 32.4 dB
 
 
 def test_test_mode_applies_the_corrections_and_float_mode_is_untouched(runs):
@@ -165,6 +167,28 @@ def test_a_single_calibration_batch_is_scored_on_its_own_held_out_half():
     layer.record_float(y)
     layer.update(y + torch.tensor([0.5, 0.0, -0.5]).view(1, 3, 1, 1))
     torch.testing.assert_close(layer.value, torch.tensor([-0.5, 0.0, 0.5]))
+
+
+def test_the_correction_leaves_the_bias_grid_to_the_bias():
+    # the layer's output is off by +0.3 per channel, and its bias is quantized on a grid of step 0.25: the
+    # first pass carries q(b) - b, the bias's own rounding, which no correction can undo (q(b + c) rounds
+    # again). The candidate is what cancels the shift with a float bias (-0.3), and the bias carries
+    # q(b - 0.3), the grid point nearest to the float output's mean
+    bias, step = torch.tensor([0.1, -0.6, 0.37]), 0.25
+
+    def grid_shift(c):
+        target = bias if c is None else bias + c
+        return torch.round(target / step) * step - bias
+
+    layer = LayerCorrection("conv.bias", channel_dim=1)
+    layer.grid_shift = grid_shift
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        y = torch.randn(8, 3, 4, 4, generator=g)
+        layer.record_float(y + bias.view(1, 3, 1, 1))
+        layer.update(y + 0.3 + (bias + grid_shift(layer.value)).view(1, 3, 1, 1))
+    torch.testing.assert_close(layer.candidate, torch.full((3,), -0.3))
+    torch.testing.assert_close(bias + grid_shift(layer.value), torch.round((bias - 0.3) / step) * step)
 
 
 class Masked(nn.Module):

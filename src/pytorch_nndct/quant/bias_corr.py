@@ -26,6 +26,7 @@ A guard keeps a correction only where it helps (`LayerCorrection`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,6 +79,8 @@ class LayerCorrection:
         self.key = key  # the bias parameter's state-dict name
         self.channel_dim = channel_dim  # 1 for conv outputs (N, C, ...), -1 for linear outputs (..., C)
         self.value: torch.Tensor | None = None  # the correction the bias carries
+        # c -> q(b + c) - b, what the quantized bias adds with correction c (None: c itself, no grid)
+        self.grid_shift: Callable[[torch.Tensor | None], torch.Tensor | None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -97,6 +100,14 @@ class LayerCorrection:
         """The positions of `y` that reach the output (`live`), as float rows of channels."""
         rows = self.as_rows(y)
         return (rows if live is None else rows[live]).float()
+
+    def _grid(self, correction: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """What the quantized bias adds to the float bias with `correction` (a tensor like `like`): q(b + c) - b,
+        or c itself where the grid is not known."""
+        shift = self.grid_shift(correction) if self.grid_shift is not None else None
+        if shift is not None:
+            return shift.to(like.device, like.dtype)
+        return torch.zeros_like(like) if correction is None else correction.to(like.device, like.dtype)
 
     def _sample(self, rows: torch.Tensor) -> torch.Tensor:
         """A fixed sample of the rows, the ones the guard scores."""
@@ -121,10 +132,12 @@ class LayerCorrection:
         if part is None:
             return y
         applied = self.value
-        rows = self._rows(part, live)  # the quantized output with `applied` in the bias
-        bare = self._sample(rows) - float_rows  # the error on the sample, without any correction
-        if applied is not None:
-            rows, bare = rows - applied, bare - applied
+        rows = self._rows(part, live)  # the quantized output, its bias on the grid with `applied` added
+        # the error with the float bias: what is left for a correction; the quantized bias then adds
+        # grid(c) = q(b + c) - b (a correction can move the bias only on the bias's grid)
+        carried = self._grid(applied, rows[0])
+        rows = rows - carried
+        bare = self._sample(rows) - float_rows
         residual = rows.mean(0) - float_means
         if not bool(torch.isfinite(residual).all()):
             return y
@@ -140,15 +153,16 @@ class LayerCorrection:
             first = rows[:half].mean(0) - float_first
             trial = self.candidate - (first + self.candidate) / (self.batches + 1)
         held = bare[bare.shape[0] // 2 :]
-        self.abs_with += (held + trial).abs().sum(0)
-        self.abs_without += held.abs().sum(0)
-        self.sq_with += (held + trial).square().sum(0)
-        self.sq_without += held.square().sum(0)
+        with_trial, without = self._grid(trial, trial), self._grid(None, trial)
+        self.abs_with += (held + with_trial).abs().sum(0)
+        self.abs_without += (held + without).abs().sum(0)
+        self.sq_with += (held + with_trial).square().sum(0)
+        self.sq_without += (held + without).square().sum(0)
         self.batches += 1
         self.candidate.sub_((residual + self.candidate) / self.batches)
         helps = (self.sq_with < self.sq_without) & (self.abs_with < self.abs_without * ABS_TOLERANCE)
         kept = torch.where(helps, self.candidate, torch.zeros_like(residual))
-        change = kept if applied is None else kept - applied
+        change = self._grid(kept, kept) - carried
         if self.value is None:
             self.value = kept
         else:  # in place: quantized biases are cached by the identity and version of the correction

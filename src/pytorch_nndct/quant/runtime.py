@@ -201,6 +201,7 @@ class ParamQuant:
         self.corrections: dict[str, LayerCorrection] = {}  # attribute name -> bias correction (added when quantized)
         self.overrides: dict[str, torch.Tensor] = {}  # attribute name -> fast-finetuned value (used when quantized)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        self._bases: dict[str, torch.Tensor] = {}  # attribute name -> its float value under a correction (last call)
         # float-scale weights: the bias goes on the grid input step x channel weight scale, as an int32
         # bias does in integer kernels (onnxruntime); `input_step` gives the input point's step
         self.input_step: Callable[[], float | None] | None = None
@@ -257,6 +258,8 @@ class ParamQuant:
             tensor = override.to(tensor.device, tensor.dtype) if override.device != tensor.device else override
         corr = self.corrections.get(attr)
         corr_value = corr.value if corr is not None else None
+        if corr is not None:
+            self._bases[attr] = tensor.detach()
         stamp = (tensor.data_ptr(), tensor._version, tensor.device, spec.fix_pos)
         if corr_value is not None:
             stamp += (id(corr_value), corr_value._version)
@@ -278,6 +281,25 @@ class ParamQuant:
         out = fake_quantize(tensor.detach(), spec)
         self._cache[attr] = (stamp, out)
         return out
+
+    def grid_shift(self, attr: str, correction: torch.Tensor | None) -> torch.Tensor | None:
+        """q(b + c) - b: what the quantized parameter `attr` with `correction` c adds to the float value b it
+        had in the last call (None before any call). Calibration mode: the fix position is found for b + c,
+        as `_quantized` does. An int32 bias on the input's grid (float-scale weights) rounds too finely to
+        matter: c."""
+        base = self._bases.get(attr)
+        if base is None:
+            return None
+        spec, calib = self.specs[attr], self.calibs[attr]
+        target = base if correction is None else base + correction.to(base.device, base.dtype)
+        if self.input_step is not None and attr == "bias":
+            return target - base
+        if not spec.is_int or spec.derived:
+            return quantize_param(target, spec, calib) - base
+        fix_pos = calibrate(target, spec, calib) if self.state.mode is Mode.CALIB else spec.fix_pos
+        if fix_pos is None:
+            return target - base
+        return fake_quantize(target, spec.with_fix_pos(fix_pos)) - base
 
     def _derived(self, attr: str, tensor: torch.Tensor, stamp: tuple) -> torch.Tensor:
         """A float data type, or a grid computed from the tensor itself (the same in every mode)."""
@@ -391,5 +413,6 @@ def attach_bias_correction(model: torch.nn.Module, graph: Graph, points: dict[st
             continue
         layer = corrector.layers[key] = LayerCorrection(key, -1 if node.op is Op.LINEAR else 1)
         pq.corrections["bias"] = layer
+        layer.grid_shift = functools.partial(pq.grid_shift, "bias")
         sub.nndct_seen = corrector.hook(layer)
     return corrector
