@@ -120,14 +120,16 @@ def test_missing_or_foreign_bias_corr_is_a_clear_error(runs, tmp_path):
         torch_quantizer("test", model, (test_x[:2],), output_dir=out)
 
 
-def test_float_slice_takes_a_quarter_of_a_shared_batch():
-    x, y = torch.randn(8, 3), torch.randn(8, 5)
+def test_float_slice_takes_a_quarter_of_a_shared_batch_but_at_least_16_samples():
+    x, y = torch.randn(128, 3), torch.randn(128, 5)
     (sx, sy), kw = float_slice((x, y), {})
-    assert sx.shape == (2, 3) and sy.shape == (2, 5) and kw == {}
-    (one,), _ = float_slice((torch.randn(3, 4),), {})
-    assert one.shape == (1, 4)
-    mixed = (torch.randn(8, 3), torch.randn(4, 3))  # no common batch size: everything is kept
-    assert float_slice(mixed, {})[0][0].shape == (8, 3)
+    assert sx.shape == (32, 3) and sy.shape == (32, 5) and kw == {}
+    (half,), _ = float_slice((torch.randn(32, 4),), {})
+    assert half.shape == (16, 4)
+    (whole,), _ = float_slice((torch.randn(8, 4),), {})
+    assert whole.shape == (8, 4)
+    mixed = (torch.randn(64, 3), torch.randn(4, 3))  # no common batch size: everything is kept
+    assert float_slice(mixed, {})[0][0].shape == (64, 3)
 
 
 def test_layer_correction_matches_samples_along_the_batch_dimension():
@@ -218,7 +220,7 @@ def test_positions_that_do_not_reach_the_output_are_left_out(tmp_path):
     with torch.no_grad():
         quantizer.quant_model(x)
     (live,) = seen
-    assert live is not None and live.view(4, 8).tolist() == [[True] * 4 + [False] * 4] * 4
+    assert live is not None and live.view(16, 8).tolist() == [[True] * 4 + [False] * 4] * 16
     assert corrector.find_live  # dead positions were found: later batches look for them again
 
 

@@ -5,7 +5,7 @@ at activations (ties are common with power-of-two scales: an add of two values a
 at fix position 5 is a tie for half of its elements, always rounded up). The shifts add up layer after
 layer; on random-weight ResNet-18 they cost about 10 dB of output SQNR.
 
-On every calibration batch the float model runs first, on a slice of the batch, and records the
+On every calibration batch the float model runs first, on part of the batch, and records the
 per-channel mean of each conv/linear output. The quantized pass then compares its own per-channel means
 on the same samples (with the corrections of earlier layers already applied in this pass, so each layer
 corrects only what is left) and moves the layer's correction to the running average of what would have
@@ -36,8 +36,14 @@ __all__ = ["BiasCorrector", "LayerCorrection", "float_slice"]
 log = logging.getLogger("pytorch_nndct")
 
 
+MIN_FLOAT_SAMPLES = 16  # the float pass sees at least this many samples of a batch (all of a smaller one)
+
+
 def float_slice(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The first quarter of the batch (at least one sample) of every tensor input.
+    """The first quarter of the batch, but at least `MIN_FLOAT_SAMPLES` (or the whole batch), of every tensor
+    input: the samples whose per-channel means the corrections are fitted to. (Four samples, a quarter of
+    a batch of 16, made the corrections noise: DigitsNet calibrated on four different sets of 16 digits
+    gave 28.5 to 29.5 dB with them, 29.7 to 31.1 dB with all 16.)
 
     Inputs whose tensors do not share one leading size are returned whole.
     """
@@ -46,7 +52,7 @@ def float_slice(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     if len(sizes) != 1:
         return args, kwargs
     (batch,) = sizes
-    k = max(1, batch // 4)
+    k = max(batch // 4, min(batch, MIN_FLOAT_SAMPLES))
     if k == batch:
         return args, kwargs
     return torch.utils._pytree.tree_map(
