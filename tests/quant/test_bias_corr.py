@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,3 +233,27 @@ def test_a_model_without_dead_positions_skips_the_gradient_after_one_batch(runs,
     with torch.no_grad():
         quantizer.quant_model(calib[0])
     assert not quantizer.corrector.find_live
+
+
+@pytest.fixture(scope="module")
+def on_off():
+    """benchmarks/helpers_on_off.py's models and quantization run (the issue's table is printed from them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import helpers_on_off
+
+    return helpers_on_off
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits", "digits_mbv2"])
+def test_bias_correction_never_costs_the_trained_digits_models_more_than_a_tenth_of_a_db(on_off, name):
+    # measured (2-core CPU): DigitsNet +3.25 / +3.16 dB at 16 / 64 samples, DigitsMobileNetV2 +1.28 / +1.42
+    model, pool, evals, _labels = on_off.load(name)
+    with torch.no_grad():
+        ref = model(evals)
+    for samples in (16, 64):
+        sqnr = {
+            bc: sqnr_db(ref, on_off.quantized_outputs(model, pool[:samples], evals, cle=True, bc=bc, batch=32))
+            for bc in (True, False)
+        }
+        assert sqnr[True] >= sqnr[False] - 0.1, (samples, sqnr)
