@@ -10,7 +10,7 @@ one batch of 3 random images, exported with export_xmodel and the file parsed ba
 schema (ops, of which custom); then calibrated for ONNX (CPU target, activations rounded half to even),
 exported with export_onnx_model, and the ONNX model runs in onnxruntime at batch 3 (largest difference
 from the simulation in LSBs of the outputs, or why it could not be exported). Each export's peak resident
-memory above the RSS before it is printed with the parameter bytes (pass: at most 3x), and the process's
+memory above the RSS before it is printed with the parameter bytes (pass: at most 3x + 64 MB), and the process's
 RSS after the model (freed heap returned to the OS between models, so a leak shows as growth).
 --segmentation runs the torchvision segmentation models the same way (their outputs are dicts).
 
@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import logging
-import re
 import sys
 import tempfile
 import time
@@ -41,13 +39,14 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export"))
 import pytorch_nndct as nd
-from onnx_check import compare
-
-from helpers import REGEN_SQNR_DB, PeakRss, flat_tensors, prepare_model, rss_bytes, sqnr_db
+from helpers import REGEN_SQNR_DB, flat_tensors, prepare_model, rss_bytes, sqnr_db
+from zoo_chain import lowering_gap, onnx_batch1, xmodel_batch1
 
 # torchvision segmentation models (random weights, no pretrained backbone, no auxiliary head): dict outputs
 SEGMENTATION = ("deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large")
 MEMORY_RATIO = 3.0  # an export's peak memory above the RSS before it, at most this times the parameter bytes
+MEMORY_SLACK = 64 * 2**20  # ... plus this much (tests/test_model_zoo.py's ALLOCATOR_SLACK): glibc's heap growth and
+# the first export's one-time imports, which dominate on the smallest models (mnasnet0_5: 8 MB of weights)
 MB = 2.0**20
 
 
@@ -96,13 +95,6 @@ def run_one(name: str) -> tuple[str, float, float, float, int, str, int]:
     return ("pass" if ok else "FAIL"), results[0], results[1], seconds, len(graph.nodes), "", floats
 
 
-ONNX_CONFIG = {
-    "target_device": "CPU",
-    "tensor_quantize_config": {"input": {"round_mode": "half_even"}, "activation": {"round_mode": "half_even"}},
-}
-_NO_LOWERING = re.compile(r"(\w+) has no ONNX lowering|: ([^:]*) is not exported to ONNX")
-
-
 def regenerate_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[nd.Graph, float, bool, float]:
     """Capture from a batch-1 example, run the regenerated model at batch 3: (graph, SQNR dB, batch symbolic, s)."""
     t0 = time.perf_counter()
@@ -114,82 +106,6 @@ def regenerate_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[nd
             x = torch.randn(3, *size)
             db = worst_sqnr(model(x), loaded(x))
     return graph, db, symbolic, time.perf_counter() - t0
-
-
-def lowering_gap(graph: nd.Graph) -> str | None:
-    """Why the graph cannot be exported to ONNX (an op with no lowering), found on a float build before calibrating."""
-    from google.protobuf.message import EncodeError
-
-    from pytorch_nndct.errors import NndctError
-    from pytorch_nndct.export.onnx_qdq import build_onnx
-    from pytorch_nndct.quant.plan import QuantPlan
-    from pytorch_nndct.quant.table import QuantTable
-
-    try:
-        build_onnx(graph, QuantPlan(), QuantTable(graph.name), quantized=False)
-    except EncodeError:  # float weights over protobuf's 2 GB (regnet_y_128gf); the int8 model may still fit
-        return None
-    except NndctError as exc:
-        missing = _NO_LOWERING.search(str(exc))
-        if missing:
-            return f"no ONNX lowering for {missing.group(1) or missing.group(2)}"
-        raise
-    return None
-
-
-def xmodel_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, float]:
-    """Calibrate for the DPU from a batch-1 example, export_xmodel, parse it back with our serial_v2 schema:
-    (ops and custom ops in the file, the export's peak memory above the RSS before it in bytes)."""
-    from pytorch_nndct.apis import torch_quantizer
-    from pytorch_nndct.export.xir_schema import schema
-
-    with tempfile.TemporaryDirectory() as tmp:
-        quantizer = torch_quantizer("calib", model, (torch.randn(1, *size),), output_dir=tmp)
-        with torch.no_grad():
-            quantizer.quantize(quantizer.quant_model, (torch.randn(3, *size),))
-            quantizer.test(quantizer.quant_model, (torch.randn(1, *size),))
-        with PeakRss() as memory:
-            path = quantizer.export_xmodel()
-        ops = schema().Graph.FromString(path.read_bytes()).op_node
-        custom = sum(op.op_type.startswith("nndct_") for op in ops)
-        return f"{len(ops)} ops" + (f", {custom} custom" if custom else ""), memory.extra
-
-
-def onnx_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, float, float, float]:
-    """Calibrate from a batch-1 example, export to ONNX, run onnxruntime at batch 3: (status, LSB vs simulation
-    end to end, the worst point's LSB teacher-forced (each point computed by onnxruntime from the simulation's
-    inputs; measured where the end-to-end difference passes 1 LSB), the export's peak memory above the RSS
-    before it in bytes)."""
-    import onnxruntime as ort
-
-    from pytorch_nndct.apis import torch_quantizer
-
-    example = torch.randn(1, *size)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "onnx_config.json"
-        config.write_text(json.dumps(ONNX_CONFIG))
-        calib = torch_quantizer("calib", model, (example,), output_dir=tmp, quant_config_file=config)
-        with torch.no_grad():
-            calib.quant_model(torch.randn(3, *size))
-        calib.export_quant_config()
-        del calib
-        test = torch_quantizer("test", model, (example,), output_dir=tmp, quant_config_file=config)
-        x = torch.randn(3, *size)
-        with torch.no_grad():
-            simulated = flat_tensors(test.quant_model(x))
-        with PeakRss() as memory:
-            path = test.export_onnx_model()
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        lsb = 0.0
-        for out, sim, node in zip(outs, simulated, test.graph.output_nodes, strict=True):
-            fix_pos = test.table.outputs[test.plan.tensor_point[node.name]].fix_pos
-            lsb = max(lsb, float(np.abs(out - sim.numpy()).max() * 2.0**fix_pos))
-        forced = lsb
-        if lsb > 1 and len(simulated) == 1:  # where the end-to-end difference grew: every point from the same inputs
-            del session
-            forced = compare(test, path, x).worst_lsb
-        return "ok", lsb, forced, memory.extra
 
 
 def run_batch1(names: list[str]) -> int:
@@ -228,20 +144,20 @@ def run_batch1(names: list[str]) -> int:
             and symbolic
             and xmodel.endswith(("ops", "custom"))
             and ((status == "ok" and forced <= 1) or status.startswith("no ONNX lowering"))
-            and ratio <= MEMORY_RATIO
+            and np.nanmax([xmodel_peak, onnx_peak]) <= MEMORY_RATIO * params + MEMORY_SLACK
         )
         failed += not ok
         print(
             f"| {name} | {'pass' if ok else 'FAIL'} | {'yes' if symbolic else 'no'} | {db:.1f} | {seconds:.1f} | "
-            f"{xmodel} | {status} | {lsb:g} | {forced:g} | {params / MB:.0f} | {xmodel_peak / MB:.0f} | {onnx_peak / MB:.0f} | "
-            f"{ratio:.2f} | {rss_bytes() / MB:.0f} | {time.perf_counter() - t0:.1f} |",
+            f"{xmodel} | {status} | {lsb:g} | {forced:g} | {params / MB:.0f} | {xmodel_peak / MB:.0f} | "
+            f"{onnx_peak / MB:.0f} | {ratio:.2f} | {rss_bytes() / MB:.0f} | {time.perf_counter() - t0:.1f} |",
             flush=True,
         )
     print(
         f"\n{len(names) - failed} of {len(names)} models pass (captured at batch 1 with a symbolic batch, SQNR > "
-        f"{REGEN_SQNR_DB} dB at batch 3, .xmodel written and read back, ONNX runs at batch 3 with every point within 1 LSB of the simulation "
-        "teacher-forced, or lacks a lowering, "
-        f"each export's peak memory at most {MEMORY_RATIO:g}x the parameter bytes)."
+        f"{REGEN_SQNR_DB} dB at batch 3, .xmodel written and read back, ONNX runs at batch 3 with every point "
+        "within 1 LSB of the simulation teacher-forced, or lacks a lowering, "
+        f"each export's peak memory at most {MEMORY_RATIO:g}x the parameter bytes + {MEMORY_SLACK / MB:.0f} MB)."
     )
     return 1 if failed else 0
 

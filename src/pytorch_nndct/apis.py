@@ -304,6 +304,8 @@ class torch_quantizer(QuantSession):
                 table.params[key] = spec.with_fix_pos(calibrate(corrected, spec, calibs[key]))
             log.info("bias correction: %s", BiasCorrector.describe(corrections))
         table.fast_finetuned = bool(overrides) or self.finetuned  # param.pth is written even if no layer was kept
+        if self.config.output_refinement is not False:
+            table = self.refine_steps(table)
         if self.config.mixed_precision_budget:
             table = self.widen_sensitive(table)
         apply_constraints(self.graph, self.plan, table)

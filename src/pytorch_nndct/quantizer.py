@@ -34,6 +34,7 @@ from .quant.calibrated import load_table, table_from_points
 from .quant.config import QuantConfig
 from .quant.mixed import KEPT_BATCHES, WIDE_BITS, choose, describe, output_error, widen
 from .quant.plan import QuantPlan, graph_md5, make_plan, split_float_reads_
+from .quant.refine import Refinement, auto, candidates, refine
 from .quant.rules import apply_constraints, fix_ties
 from .quant.runtime import ActPoint, Mode, QuantState, attach, attach_bias_correction
 from .quant.spec import QuantSpec
@@ -92,8 +93,11 @@ class QuantSession:
         self._model.register_forward_pre_hook(self._remember_inputs)
         self._kept: list[tuple[tuple, dict]] = []  # the first calibration batches (mixed precision)
         self.mixed_precision_errors: tuple[float, float] | None = None  # output error before / after widening
+        self.refinement: Refinement | None = None  # what output-aware refinement moved (export_quant_config)
         if mode is Mode.CALIB and self.config.mixed_precision_budget:
             self._watch_wide()
+        if mode is Mode.CALIB and (self.config.mixed_precision_budget or self.config.output_refinement is not False):
+            self._model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
         LAST["quantizer"] = weakref.ref(self)
         log.info(
             "%s in %s mode: %d parameter and %d output quantization points; %d op(s) computed in float (%d "
@@ -200,7 +204,6 @@ class QuantSession:
             point = self.points.get(key)
             if isinstance(point, ActPoint) and _widenable(spec):
                 point.watch_wide(WIDE_BITS)
-        self._model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
 
     def _keep_batch(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self.state.mode is Mode.CALIB and len(self._kept) < KEPT_BATCHES:
@@ -236,6 +239,31 @@ class QuantSession:
         log.info("mixed precision: %d of %d activation points at %d bits\n%s", len(widened), len(wide), WIDE_BITS,
                  describe(picks, base, final, table))  # fmt: skip
         return widen(table, widened)
+
+    # ------------------------------------------------------------------ output-aware refinement (quant/refine.py)
+    def refine_steps(self, table: QuantTable) -> QuantTable:
+        """`table` (calibrated, before the DPU constraints) with its steps refined against the output error on
+        the kept calibration batches; logs what moved."""
+        groups = candidates(table, fix_ties(self.graph, self.plan))
+        if not groups or not self._kept:
+            return table
+        if self.config.output_refinement is None:
+            skipped = auto((n.op.value for n in self.graph.nodes), len(groups))
+            if skipped:
+                log.info("output-aware refinement off (%s); set output_refinement: true to run it", skipped)
+                return table
+
+        def error_of(trial: QuantTable) -> float:
+            trial = dataclasses.replace(trial, params=dict(trial.params), outputs=dict(trial.outputs))
+            apply_constraints(self.graph, self.plan, trial, quiet=True)
+            return output_error(run(trial), reference)
+
+        with self._trials() as run:
+            reference = run(None)
+            table, record = refine(table, groups, error_of)
+        self.refinement = record
+        log.info("output-aware refinement: %s", record.describe())
+        return table
 
     @contextmanager
     def _trials(self) -> Iterator[Callable[[QuantTable | None], list[Any]]]:

@@ -7,8 +7,10 @@ exit(2): an unknown key names the nearest known one; a non-boolean flag is an er
 `target_device` defaults to DPU; a layer entry without `quantizable_data_type` covers all four kinds.
 Not supported yet (clear errors): `convert_relu6_to_relu` / `convert_silu_to_hswish` true, bit widths
 outside 2-16 (2-32 for biases), per-channel inputs/activations, unsigned or asymmetric power-of-two grids,
-ONNX opsets below 13. One key of our own: `mixed_precision_budget` (quant/mixed.py), the number (int) or
-fraction (float below 1) of activation points kept at 16 bits by measured sensitivity.
+ONNX opsets below 13. Two keys of our own: `mixed_precision_budget` (quant/mixed.py), the number (int) or
+fraction (float below 1) of activation points kept at 16 bits by measured sensitivity; `output_refinement`
+(quant/refine.py; absent: on for attention networks of a bounded size), the calibrated steps refined against
+the network's output error.
 
 Tensor kinds: "weights", "bias", "activation" (op outputs) and "input" (network inputs; a layer entry's
 "input" settings apply to the network inputs the layer reads). On the DPU, network inputs are rounded half up
@@ -27,6 +29,7 @@ from ..errors import InputError
 from .config_rules import check_rules
 from .layers import LayerRef, name_matches, type_matches
 from .mixed import check_budget
+from .refine import AUTO_MAX_GROUPS
 from .spec import CalibSpec, DataType, QuantSpec, RoundMode, TensorKind
 
 __all__ = ["ConfigError", "LayerRule", "QuantConfig", "TensorConfig", "parse_config"]
@@ -42,8 +45,8 @@ FLAGS = ("convert_relu6_to_relu", "convert_silu_to_hswish", "include_cle", "incl
          "keep_first_last_layer_accuracy", "keep_add_layer_accuracy", "change_concat_input_fix",
          "change_pool_input_fix")  # fmt: skip
 TOP_KEYS = frozenset({*FLAGS, "target_device", "onnx_opset_version", "quantizable_data_type",
-                      "mixed_precision_budget", "overall_quantize_config", "tensor_quantize_config",
-                      "layer_quantize_config"})  # fmt: skip
+                      "mixed_precision_budget", "output_refinement", "overall_quantize_config",
+                      "tensor_quantize_config", "layer_quantize_config"})  # fmt: skip
 TENSOR_KEYS = frozenset({"datatype", "bit_width", "method", "round_mode", "symmetry", "per_channel", "signed",
                          "narrow_range", "scale_type", "calib_statistic_method", "percentage"})  # fmt: skip
 LAYER_KEYS = frozenset(
@@ -119,6 +122,7 @@ class QuantConfig:
     change_concat_input_fix: bool = False  # concat inputs take the concat output's fix position
     change_pool_input_fix: bool = False  # pooling inputs take the pooling output's fix position
     mixed_precision_budget: int | float = 0  # activation points kept at 16 bits by sensitivity (quant/mixed.py)
+    output_refinement: bool | None = None  # steps refined against the output error (quant/refine.py); None: auto
 
     @staticmethod
     def default(bitwidth_w: int = 8, bitwidth_a: int = 8) -> QuantConfig:
@@ -216,8 +220,15 @@ def parse_config(doc: Any, bitwidth_w: int = 8, bitwidth_a: int = 8, where: str 
     tensors = {KINDS[k]: _to_tensor(k, v, target) for k, v in raw.items()}
     layers = [_layer(rule, i, raw, target, where) for i, rule in enumerate(_rules_list(doc, where))]
     budget = check_budget(doc.get("mixed_precision_budget", 0), f"{where}: mixed_precision_budget", ConfigError)
+    refinement = doc.get("output_refinement")
+    if refinement is not None and not isinstance(refinement, bool):
+        raise ConfigError(
+            f"{where}: output_refinement must be true or false (or absent: on for attention networks of at most "
+            f"{AUTO_MAX_GROUPS} quantization points), got {refinement!r}."
+        )
     return QuantConfig(target, flags["include_cle"], flags["include_bias_corr"], tensors, layers, opset,
-                       flags["change_concat_input_fix"], flags["change_pool_input_fix"], budget)  # fmt: skip
+                       flags["change_concat_input_fix"], flags["change_pool_input_fix"], budget,
+                       refinement)  # fmt: skip
 
 
 def _flags(doc: dict, where: str) -> dict[str, bool]:
