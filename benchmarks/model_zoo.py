@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export"))
 import pytorch_nndct as nd
 from helpers import REGEN_SQNR_DB, flat_tensors, prepare_model, rss_bytes, sqnr_db
+from pytorch_nndct.errors import NndctError
 from zoo_chain import lowering_gap, onnx_batch1, xmodel_batch1
 
 # torchvision segmentation models (random weights, no pretrained backbone, no auxiliary head): dict outputs
@@ -128,7 +129,12 @@ def run_batch1(names: list[str]) -> int:
             graph, db, symbolic, seconds = regenerate_batch1(model, size)
             gap = lowering_gap(graph)
             del graph
-            xmodel, xmodel_peak = xmodel_batch1(model, size)
+            try:
+                xmodel, xmodel_peak = xmodel_batch1(model, size)
+            except NndctError as exc:  # constants beyond protobuf's 2 GiB (regnet_y_128gf): refused, ONNX still runs
+                if "2 GiB" not in str(exc):
+                    raise
+                xmodel = "refused: float32 constants over protobuf's 2 GiB"
             if gap:
                 status = gap
             else:
@@ -142,7 +148,7 @@ def run_batch1(names: list[str]) -> int:
         ok = (
             db > REGEN_SQNR_DB
             and symbolic
-            and xmodel.endswith(("ops", "custom"))
+            and xmodel.endswith(("ops", "custom", "2 GiB"))
             and ((status == "ok" and forced <= 1) or status.startswith("no ONNX lowering"))
             and np.nanmax([xmodel_peak, onnx_peak]) <= MEMORY_RATIO * params + MEMORY_SLACK
         )

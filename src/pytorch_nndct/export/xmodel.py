@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codegen import prepare_output_dir, write_atomic
+from ..errors import NndctError
 from .deploy import DeployGraph, sanitize
 from .xir_schema import make_attr, schema
 
@@ -115,8 +116,26 @@ def serialize(deploy: DeployGraph, devices: Mapping[str, str] | None = None) -> 
     return b"".join(serialize_pieces(deploy, devices))
 
 
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: a protobuf message (the whole .xmodel) cannot be parsed beyond this
+
+
+def const_bytes(deploy: DeployGraph) -> int:
+    """The bytes of the constants' data (XIR stores weights as float32 consts): most of the file."""
+    return sum(
+        len(value) for op in deploy.ops for _, value in op.attrs.values() if isinstance(value, bytes | bytearray)
+    )
+
+
 def write_xmodel(deploy: DeployGraph, output_dir: str | os.PathLike, devices: Mapping[str, str] | None = None) -> Path:
     """Write `<Model>_int.xmodel`; `devices` (node name -> DPU / CPU / USER) adds the device subgraphs."""
+    size = const_bytes(deploy)
+    if size >= PROTOBUF_LIMIT:
+        raise NndctError(
+            f"{deploy.name}: its constants take {size / 2**30:.2f} GiB as float32, as XIR stores them, and an "
+            ".xmodel is one protobuf message, which nothing can read beyond 2 GiB (neither XIR nor our reader). "
+            "Fix: export_onnx_model (it stores the weights as 8-bit integers, a quarter of the size), or deploy a "
+            "smaller model."
+        )
     path = prepare_output_dir(output_dir) / f"{sanitize(deploy.name)}_int.xmodel"
     write_atomic({path: serialize_pieces(deploy, devices)})
     return path
