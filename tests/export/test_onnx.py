@@ -16,7 +16,8 @@ from pytorch_nndct.errors import NndctError
 # Final-output tolerance in LSBs of the output fix position for the DPU config. ONNX rounds ties to even
 # where the DPU rounds half up; in a deep network a one-LSB tie difference in an early layer can grow
 # through later layers. Quantized for ONNX (ONNX_CONFIG: activations rounded half to even) it is 1 LSB.
-TOLERANCE_LSB = {"resnet18": 8}
+TOLERANCE_LSB = {"resnet18": 8, "mobilenet_v2": 4}  # measured 8 and 2 (mobilenet_v2: 1 before bias correction's
+# bias-grid fit moved its biases; test_onnxruntime_matches_simulation_quantized_for_onnx holds 1 LSB for both)
 ONNX_CONFIG = {
     "target_device": "CPU",
     "tensor_quantize_config": {"input": {"round_mode": "half_even"}, "activation": {"round_mode": "half_even"}},
