@@ -96,7 +96,12 @@ class QuantSession:
         self.refinement: Refinement | None = None  # what output-aware refinement moved (export_quant_config)
         if mode is Mode.CALIB and self.config.mixed_precision_budget:
             self._watch_wide()
-        if mode is Mode.CALIB and (self.config.mixed_precision_budget or self.config.output_refinement is not False):
+        self._refine_off: str | None = None  # why `auto` leaves output-aware refinement off (None: it runs)
+        if self.config.output_refinement is None:
+            points = len(fix_ties(self.graph, self.plan)) + sum(p.role == "weight" for p in self.plan.params)
+            self._refine_off = auto((n.op.value for n in self.graph.nodes), points)
+        refining = self.config.output_refinement or (self.config.output_refinement is None and not self._refine_off)
+        if mode is Mode.CALIB and (self.config.mixed_precision_budget or refining):
             self._model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
         LAST["quantizer"] = weakref.ref(self)
         log.info(
@@ -244,14 +249,12 @@ class QuantSession:
     def refine_steps(self, table: QuantTable) -> QuantTable:
         """`table` (calibrated, before the DPU constraints) with its steps refined against the output error on
         the kept calibration batches; logs what moved."""
+        if self.config.output_refinement is None and self._refine_off:
+            log.info("output-aware refinement off (%s); set output_refinement: true to run it", self._refine_off)
+            return table
         groups = candidates(table, fix_ties(self.graph, self.plan))
         if not groups or not self._kept:
             return table
-        if self.config.output_refinement is None:
-            skipped = auto((n.op.value for n in self.graph.nodes), len(groups))
-            if skipped:
-                log.info("output-aware refinement off (%s); set output_refinement: true to run it", skipped)
-                return table
 
         def error_of(trial: QuantTable) -> float:
             trial = dataclasses.replace(trial, params=dict(trial.params), outputs=dict(trial.outputs))

@@ -46,7 +46,9 @@ _AUTO_OPS = frozenset({"softmax", "layer_norm"})
 
 
 def auto(op_names: Iterable[str], groups: int) -> str | None:
-    """Why `auto` leaves refinement off for a graph with these ops and candidate groups (None: it runs)."""
+    """Why `auto` leaves refinement off for a graph with these ops and `groups` candidate points (output
+    points, tied ones counted once, and weights; decided before calibration, so that only a run that will
+    refine keeps calibration batches). None: it runs."""
     if not _AUTO_OPS & set(op_names):
         return "no attention or layer norm (convolutional networks keep the tensor-local steps)"
     if groups > AUTO_MAX_GROUPS:
