@@ -130,7 +130,7 @@ CHAIN = {
     "efficientnet_b0": (64, {}),
     "efficientnet_v2_s": (64, {}),
     "googlenet": (64, {}),
-    "inception_v3": (96, {}),
+    "inception_v3": (96, {"aux_logits": False}),  # the auxiliary head needs 299x299 in train mode
     "mnasnet0_5": (64, {}),
     "mobilenet_v2": (64, {}),
     "mobilenet_v3_large": (64, {}),
