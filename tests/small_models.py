@@ -76,3 +76,18 @@ def golden_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "residual": (_randomize_bn(Residual()), torch.randn(2, 4, 8, 8)),
         "concat_bn": (_randomize_bn(ConcatBn()), torch.randn(2, 3, 8, 8)),
     }
+
+
+class Sensitive(nn.Module):
+    """The product `b(h) * gain` has one channel 100 times larger, which the head ignores: on an 8-bit grid wide
+    enough for it the other channels, which the head reads, round coarsely. Widening that one point fixes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.register_buffer("gain", torch.tensor([100.0] + [1.0] * 15))
+        with torch.no_grad():
+            self.head.weight[:, 0] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(torch.relu(self.a(x))) * self.gain)

@@ -17,23 +17,9 @@ from pytorch_nndct.ir.ops import Op
 from pytorch_nndct.quant.config import ConfigError
 from pytorch_nndct.quant.mixed import WIDE_BITS, budget_count, output_error
 from pytorch_nndct.quant.rules import fix_ties
+from small_models import Sensitive
 
 NO_CLE = {"include_cle": False}  # equalization would shrink the wide channel the tests rely on
-
-
-class Sensitive(nn.Module):
-    """The product `b(h) * gain` has one channel 100 times larger, which the head ignores: on an 8-bit grid wide
-    enough for it the other channels, which the head reads, round coarsely. Widening that one point fixes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
-        self.register_buffer("gain", torch.tensor([100.0] + [1.0] * 15))
-        with torch.no_grad():
-            self.head.weight[:, 0] = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.b(torch.relu(self.a(x))) * self.gain)
 
 
 class Pooled(nn.Module):

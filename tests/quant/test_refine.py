@@ -15,26 +15,12 @@ from pytorch_nndct.quant.config import ConfigError
 from pytorch_nndct.quant.refine import candidates, refine
 from pytorch_nndct.quant.spec import QuantSpec
 from pytorch_nndct.quant.table import QuantTable
-
-
-class Ignored(nn.Module):
-    """`b(h) * gain` has one channel 100 times larger that the head ignores. The tensor's own best step covers
-    that channel and rounds the others, which the head reads, coarsely; for the output a finer step is better."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)
-        self.register_buffer("gain", torch.tensor([100.0] + [1.0] * 15))
-        with torch.no_grad():
-            self.head.weight[:, 0] = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.b(torch.relu(self.a(x))) * self.gain)
+from small_models import Sensitive
 
 
 def _calibrate(tmp_path, refinement: bool | None, config: dict | None = None):
     torch.manual_seed(0)
-    model = Ignored().eval()
+    model = Sensitive().eval()
     g = torch.Generator().manual_seed(1)
     batches = list(torch.randn(48, 16, generator=g).split(16))
     doc = {"include_cle": False, **(config or {})}
@@ -123,15 +109,16 @@ def test_output_refinement_must_be_a_boolean(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"output_refinement": "yes"}))
     with pytest.raises(ConfigError, match="output_refinement must be true or false"):
-        torch_quantizer("calib", Ignored(), (torch.randn(2, 16),), output_dir=tmp_path, quant_config_file=str(path))
+        torch_quantizer("calib", Sensitive(), (torch.randn(2, 16),), output_dir=tmp_path, quant_config_file=str(path))
 
 
 class Attention(nn.Module):
-    """Ignored's product read through a softmax: `auto` refines graphs with attention or layer norms."""
+    """Sensitive's product (one channel 100 times larger, ignored by the head: the tensor's own best step is
+    too coarse for the output) read through a softmax: `auto` refines graphs with attention or layer norms."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inner = Ignored()
+        self.inner = Sensitive()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.inner(x), dim=-1)
@@ -140,7 +127,7 @@ class Attention(nn.Module):
 @pytest.mark.parametrize("attention", [False, True])
 def test_auto_refines_attention_networks_only(tmp_path, attention, caplog):
     torch.manual_seed(0)
-    model = (Attention() if attention else Ignored()).eval()
+    model = (Attention() if attention else Sensitive()).eval()
     x = torch.randn(16, 16)
     calib = torch_quantizer("calib", model, (x,), output_dir=tmp_path)
     with torch.no_grad(), caplog.at_level("INFO", logger="pytorch_nndct"):

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from .scales import to_float32
 from .spec import QuantSpec
 from .table import QuantTable
 
@@ -97,16 +98,10 @@ def _moved(table: QuantTable, keys: tuple[str, ...], direction: int) -> QuantTab
         where = params if key in params else outputs
         spec = where[key]
         if spec.float_scale:
-            where[key] = dataclasses.replace(spec, scale=_float32(spec.scale / FLOAT_STEP_FACTOR**direction))
+            where[key] = dataclasses.replace(spec, scale=to_float32(spec.scale / FLOAT_STEP_FACTOR**direction))
         else:
             where[key] = spec.with_fix_pos(spec.fix_pos + direction)
     return dataclasses.replace(table, params=params, outputs=outputs)
-
-
-def _float32(value: float) -> float:
-    import struct
-
-    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def refine(
