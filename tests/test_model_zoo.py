@@ -22,7 +22,7 @@ from pytorch_nndct.export.deploy import lower
 from pytorch_nndct.export.xir_schema import schema
 from pytorch_nndct.export.xmodel import serialize
 from pytorch_nndct.ir.ops import CONV_OPS, Op
-from zoo_chain import onnx_batch1, xmodel_batch1
+from zoo_chain import images, onnx_batch1, xmodel_batch1
 
 ONNX_CONFIG = {
     "target_device": "CPU",
@@ -154,9 +154,9 @@ def test_whole_chain_xmodel_and_onnxruntime(name):
     size = (3, side, side)
     torch.manual_seed(0)
     model = prepare_model(torchvision.models.get_model(name, **kwargs), size)
-    ops, _ = xmodel_batch1(model, size)
+    ops, _ = xmodel_batch1(model, images(size))
     assert ops.endswith(("ops", "custom")), ops
-    status, lsb, forced, _ = onnx_batch1(model, size)
+    status, lsb, forced, _ = onnx_batch1(model, images(size))
     assert status == "ok"
     assert forced <= 1, f"{name}: a point differs from the simulation by {forced} LSB (end to end {lsb})"
 
