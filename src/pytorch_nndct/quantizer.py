@@ -23,21 +23,29 @@ import torch
 
 from .codegen import load_module, prepare_output_dir, write_module
 from .errors import NndctError
-from .export.quant_info import QUANT_INFO, check_table, read_bias_corr, read_ft_params, read_quant_info
+from .export.quant_info import (
+    QUANT_INFO,
+    check_table,
+    read_bias_corr,
+    read_equalized,
+    read_ft_params,
+    read_quant_info,
+)
 from .ir.batch import batch_of
 from .ir.graph import Graph
 from .ir.ops import Op
 from .ir.trace import trace
-from .passes import equalization_pairs, equalize_, optimize
+from .passes import equalization_pairs, equalize_, optimize, pair_scales, scaled_pair
 from .quant.bias_corr import BiasCorrector, float_slice
 from .quant.calibrated import load_table, table_from_points
+from .quant.cle_choice import Format, Segment, segment_errors
 from .quant.config import QuantConfig
 from .quant.mixed import KEPT_BATCHES, WIDE_BITS, choose, describe, output_error, widen
 from .quant.plan import QuantPlan, graph_md5, make_plan, split_float_reads_
 from .quant.refine import Refinement, auto, candidates, refine
 from .quant.rules import apply_constraints, fix_ties
 from .quant.runtime import ActPoint, Mode, QuantState, attach, attach_bias_correction
-from .quant.spec import QuantSpec
+from .quant.spec import CalibSpec, QuantSpec
 from .quant.table import QuantTable
 
 __all__ = ["LAST", "QuantSession"]
@@ -65,6 +73,8 @@ class QuantSession:
         """All construction steps; `float_nodes` (node -> reason) stay float (hardware-aware quantization)."""
         self.state = QuantState(mode)
         self.example_inputs = inputs
+        self.equalized: list[tuple[str, str]] | None = None  # the equalized conv pairs (None: not decided yet)
+        self._cle_pending: list[tuple[str, str]] = []  # calibration: pairs to decide on the first batch
         self.graph = self._capture(module, inputs)
         self.graph_md5 = graph_md5(self.graph)
         self.float_nodes = dict(float_nodes(self.graph) if callable(float_nodes) else float_nodes or {})
@@ -79,6 +89,8 @@ class QuantSession:
         self._model = load_module(write_module(self.graph, self.output_dir))
         self.points = attach(self._model, self.graph, self.plan, self.state)
         self.corrector: BiasCorrector = attach_bias_correction(self._model, self.graph, self.points)
+        if self._cle_pending:  # before bias correction's float pass, which must see the final weights
+            self._model.register_forward_pre_hook(self._choose_equalization, with_kwargs=True)
         if mode is Mode.CALIB and self.config.include_bias_corr and self.corrector.layers:
             self._model.register_forward_pre_hook(self._reference_pass, with_kwargs=True)
             self._model.register_forward_hook(self._end_pass)
@@ -116,12 +128,130 @@ class QuantSession:
     # ------------------------------------------------------------------ construction steps
     def _capture(self, module: torch.nn.Module, inputs: Any) -> Graph:
         graph = optimize(trace(module, inputs))
-        if self.config.include_cle:
-            pairs = len(equalization_pairs(graph))
-            if equalize_(graph):
-                log.info("cross-layer equalization balanced %d conv pair(s)", pairs)
+        pairs = equalization_pairs(graph) if self.config.include_cle else []
+        names = [(a.name, b.name) for a, b in pairs]
+        if names and self.state.mode is Mode.CALIB and self.config.include_bias_corr:
+            self._cle_pending = names  # decided on the first calibration batch (quant/cle_choice.py)
+        elif names and self.state.mode is Mode.CALIB:  # without bias correction: every pair (see cle_choice)
+            self.equalized = names
+            if equalize_(graph, pairs):
+                log.info("cross-layer equalization balanced %d conv pair(s)", len(pairs))
+        elif names:
+            chosen = read_equalized(self.output_dir)  # as calibration decided; files before the key: every pair
+            self.equalized = names if chosen is None else [p for p in names if p in set(chosen)]
+            kept = [p for p, n in zip(pairs, names, strict=True) if n in self.equalized]
+            if equalize_(graph, kept):
+                log.info("cross-layer equalization balanced %d of %d conv pair(s)", len(kept), len(pairs))
+        else:
+            self.equalized = []
         split_float_reads_(graph)
         return graph
+
+    # ------------------------------------------------------------------ cross-layer equalization, decided on data
+    def _choose_equalization(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """First calibration batch: keep each equalization pair only where it lowers its segment's error
+        (quant/cle_choice.py), equalize the kept ones and load the new weights into the generated module."""
+        if self.state.mode is not Mode.CALIB or not self._cle_pending:
+            return
+        names, self._cle_pending = self._cle_pending, []
+        self.state.mode = Mode.FLOAT  # the segments' ops run in float (no calibration statistics)
+        try:
+            kept, report = self._decide_pairs(module, names, *float_slice(args, kwargs))
+        finally:
+            self.state.mode = Mode.CALIB
+        self.equalized = kept
+        before = dict(self.graph.params)
+        equalize_(self.graph, [(self.graph.node(a), self.graph.node(b)) for a, b in kept])
+        self._load_changed_params(before)
+        log.info("cross-layer equalization kept %d of %d conv pair(s), each where it lowers its segment's error "
+                 "on the first calibration batch:\n  %s", len(kept), len(names), "\n  ".join(report))  # fmt: skip
+
+    def _decide_pairs(self, module: torch.nn.Module, names: list[tuple[str, str]], args: tuple,
+                      kwargs: dict) -> tuple[list[tuple[str, str]], list[str]]:  # fmt: skip
+        segments = self._pair_segments(module, names, args, kwargs)
+        kept, report = [], []
+        for (a, b), segment in zip(names, segments, strict=True):
+            conv0, conv1 = self.graph.node(a), self.graph.node(b)
+            s = pair_scales(self.graph, conv0, conv1)
+            if s is None:
+                continue
+            original = (self.graph.params[conv0.params["weight"]], self._param(conv0, "bias"),
+                        self.graph.params[conv1.params["weight"]])  # fmt: skip
+            off, on = segment_errors(segment, original, scaled_pair(self.graph, conv0, conv1, s))
+            if on < off:
+                kept.append((a, b))
+            report.append(f"{a} -> {b}: {'kept' if on < off else 'left out'} (segment error {off:.3g} -> {on:.3g})")
+        return kept, report
+
+    def _param(self, node: Any, role: str) -> torch.Tensor | None:
+        key = node.params.get(role)
+        return None if key is None else self.graph.params[key]
+
+    def _pair_segments(self, module: torch.nn.Module, names: list[tuple[str, str]], args: tuple,
+                       kwargs: dict) -> list[Segment]:  # fmt: skip
+        """Each pair's segment with the float input of its first conv (one float pass over `args`)."""
+        index = {n.name: k for k, n in enumerate(self.graph.nodes)}
+        seen: dict[str, tuple] = {}  # conv0: (its input,); the ops between: (their other args, kwargs)
+
+        def record(name: str, first: bool) -> Callable[..., None]:
+            def hook(sub: torch.nn.Module, inputs: tuple, kw: dict, output: Any) -> None:
+                seen.setdefault(name, (inputs[0].detach(),) if first else (inputs[1:], kw))
+
+            return hook
+
+        hooks = []
+        for a, b in names:
+            node = self.graph.node(a)
+            while node.name != b:
+                sub = getattr(module, f"module_{index[node.name]}")
+                hooks.append(sub.register_forward_hook(record(node.name, node.name == a), with_kwargs=True))
+                node = node.users[0]
+        try:
+            with torch.no_grad():
+                module(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return [self._segment(module, index, a, b, seen) for a, b in names]
+
+    def _segment(self, module: torch.nn.Module, index: dict[str, int], a: str, b: str, seen: dict) -> Segment:
+        conv0, conv1 = self.graph.node(a), self.graph.node(b)
+        m0, m1 = getattr(module, f"module_{index[a]}"), getattr(module, f"module_{index[b]}")
+        between = []
+        node = conv0.users[0]
+        while node.name != b:
+            between.append((getattr(module, f"module_{index[node.name]}"), *seen[node.name]))
+            node = node.users[0]
+
+        def run_between(x: torch.Tensor) -> torch.Tensor:
+            for sub, rest, kw in between:
+                x = sub(x, *rest, **kw)
+            return x
+
+        formats = {(p.node, p.role): Format(p.spec, p.calib) for p in self.plan.params}
+        key = self.plan.tensor_point.get(conv1.inputs[0].name)
+        act = self.plan.outputs.get(key) if key is not None else None
+        bias1 = self._param(conv1, "bias")
+        return Segment(
+            x=seen[a][0],
+            conv0=lambda x, w, bias: m0._conv_forward(x, w.to(x.device), None if bias is None else bias.to(x.device)),
+            between=run_between,
+            conv1=lambda x, w: m1._conv_forward(x, w.to(x.device), None if bias1 is None else bias1.to(x.device)),
+            weight0=formats.get((a, "weight")),
+            weight1=formats.get((b, "weight")),
+            activation=None if act is None else Format(act, self.plan.calibs.get(key, CalibSpec())),
+        )
+
+    def _load_changed_params(self, before: dict[str, torch.Tensor]) -> None:
+        """Copy the graph parameters that changed since `before` into the generated module."""
+        index = {n.name: k for k, n in enumerate(self.graph.nodes)}
+        for node in self.graph.nodes:
+            for role, key in node.params.items():
+                if self.graph.params[key] is before.get(key):
+                    continue
+                param = getattr(getattr(self._model, f"module_{index[node.name]}"), role)
+                with torch.no_grad():
+                    param.copy_(self.graph.params[key].to(param.device, param.dtype))
 
     # ------------------------------------------------------------------ state
     @property
@@ -297,7 +427,7 @@ class QuantSession:
 
     # ------------------------------------------------------------------ the table
     def expected_table(self) -> QuantTable:
-        table = QuantTable(self.graph.name, graph_md5=self.graph_md5)
+        table = QuantTable(self.graph.name, graph_md5=self.graph_md5, equalized=self.equalized)
         for p in self.plan.params:
             table.params[p.key] = p.spec
         table.outputs.update(self.plan.outputs)

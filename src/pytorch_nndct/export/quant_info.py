@@ -78,6 +78,8 @@ def write_quant_info(
         doc["dtype"]["input"] = {}
     if table.mixed_precision:
         doc["mixed_precision"] = [f"{m}::{k}" for k in table.mixed_precision]
+    if table.equalized is not None:
+        doc["equalized_pairs"] = [list(pair) for pair in table.equalized]
     doc.update(fast_finetuned=table.fast_finetuned, bias_corrected=table.bias_corrected, version=_version(),
                graph_md5=table.graph_md5)  # fmt: skip
     folder = prepare_output_dir(output_dir)
@@ -144,6 +146,19 @@ def _entries(doc: dict, section: str, model: str, path: Path) -> dict[str, tuple
     return out
 
 
+def read_equalized(output_dir: str | os.PathLike) -> list[tuple[str, str]] | None:
+    """The conv pairs calibration equalized ("equalized_pairs"), read before the graph is built; None where the
+    file, or the key, is absent or malformed (files written before it: every pair; read_quant_info reports
+    a missing or broken file)."""
+    folder = Path(output_dir)
+    path = next((p for p in (folder / QUANT_INFO, folder / _ALSO_ACCEPTED) if p.is_file()), None)
+    try:
+        raw = json.loads(path.read_text()).get("equalized_pairs") if path is not None else None
+        return None if raw is None else [(str(a), str(b)) for a, b in raw]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        return None
+
+
 def read_quant_info(output_dir: str | os.PathLike, model: str) -> tuple[QuantTable, dict[str, Any]]:
     """Read quant_info.json (or Quant_info.json) from `output_dir`; returns the table and the raw document.
 
@@ -178,6 +193,7 @@ def read_quant_info(output_dir: str | os.PathLike, model: str) -> tuple[QuantTab
             if dtype is not DataType.INT:
                 specs[key] = QuantSpec(dtype=dtype)
     table.mixed_precision = _mixed_precision(doc, table, path)
+    table.equalized = read_equalized(folder)
     for key, (scale, zero_point) in _float_scales(doc, path).items():
         if key not in table.outputs:
             raise QuantInfoError(f"{path}: float_scale names {key!r}, which has no output entry. {_RECALIBRATE}")

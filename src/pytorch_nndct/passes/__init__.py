@@ -15,7 +15,7 @@ from ..ir.ops import Op
 from ..ir.verify import GraphInvariantError, verify
 from .attention import decompose_attention_
 from .cleanup import remove_dead_code_, remove_dropout_, remove_identity_
-from .equalize import equalization_pairs, equalize_
+from .equalize import equalization_pairs, equalize_, pair_scales, scaled_pair
 from .fold_bn import bn_to_channel_scale_, fold_bn_
 
 __all__ = [
@@ -27,10 +27,12 @@ __all__ = [
     "equalize_",
     "fold_bn_",
     "optimize",
+    "pair_scales",
     "remove_dead_code_",
     "remove_dropout_",
     "remove_identity_",
     "run_passes",
+    "scaled_pair",
 ]
 
 log = logging.getLogger("pytorch_nndct")

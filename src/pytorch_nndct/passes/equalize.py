@@ -19,7 +19,7 @@ import torch
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 
-__all__ = ["equalization_pairs", "equalize_"]
+__all__ = ["equalization_pairs", "equalize_", "pair_scales", "scaled_pair"]
 
 _CONVS = frozenset({Op.CONV1D, Op.CONV2D, Op.CONV3D})
 _BETWEEN = frozenset({Op.RELU, Op.LEAKY_RELU, Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D})
@@ -69,30 +69,50 @@ def _scale_inputs(w1: torch.Tensor, groups: int, s: torch.Tensor) -> torch.Tenso
     return (view * s.reshape(groups, 1, per_group_in, 1)).reshape(w1.shape)
 
 
-def _balance(graph: Graph, conv0: Node, conv1: Node) -> float:
-    """Equalize one pair in place; returns the largest |log2 s| applied."""
-    k0, k1 = conv0.params["weight"], conv1.params["weight"]
-    w0, w1 = graph.params[k0].double(), graph.params[k1].double()
+def pair_scales(graph: Graph, conv0: Node, conv1: Node) -> torch.Tensor | None:
+    """s for each channel between the pair (float64; None: the shapes do not line up): conv0's output channel c
+    is divided by s[c], conv1's input channel c multiplied by it."""
+    w0, w1 = graph.params[conv0.params["weight"]].double(), graph.params[conv1.params["weight"]].double()
     channels = w0.shape[0]
     groups = conv1.attrs.get("groups", 1)
     if w1.shape[1] * groups != channels:
-        return 0.0
+        return None
     r0 = w0.abs().reshape(channels, -1).amax(dim=1)
     r1 = _input_ranges(w1, groups, channels)
     ok = (r0 > 0) & (r1 > 0)
     s = torch.where(ok, torch.sqrt(r0 / torch.where(ok, r1, 1.0)), torch.ones_like(r0))
-    s = s.clamp(2.0**-16, 2.0**16)
-    graph.params[k0] = (w0 / s.reshape(channels, *([1] * (w0.dim() - 1)))).to(graph.params[k0].dtype)
+    return s.clamp(2.0**-16, 2.0**16)
+
+
+def scaled_pair(
+    graph: Graph, conv0: Node, conv1: Node, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """conv0's weight and bias and conv1's weight with the scales `s` applied (in the parameters' dtypes)."""
+    w0, w1 = graph.params[conv0.params["weight"]], graph.params[conv1.params["weight"]]
+    s = s.to(torch.float64)
+    new_w0 = (w0.double() / s.reshape(-1, *([1] * (w0.dim() - 1)))).to(w0.dtype)
     bias = conv0.params.get("bias")
-    if bias is not None:
-        graph.params[bias] = (graph.params[bias].double() / s).to(graph.params[bias].dtype)
-    graph.params[k1] = _scale_inputs(w1, groups, s).to(graph.params[k1].dtype)
+    new_b0 = None if bias is None else (graph.params[bias].double() / s).to(graph.params[bias].dtype)
+    new_w1 = _scale_inputs(w1.double(), conv1.attrs.get("groups", 1), s).to(w1.dtype)
+    return new_w0, new_b0, new_w1
+
+
+def _balance(graph: Graph, conv0: Node, conv1: Node) -> float:
+    """Equalize one pair in place; returns the largest |log2 s| applied."""
+    s = pair_scales(graph, conv0, conv1)
+    if s is None:
+        return 0.0
+    w0, b0, w1 = scaled_pair(graph, conv0, conv1, s)
+    graph.params[conv0.params["weight"]], graph.params[conv1.params["weight"]] = w0, w1
+    if b0 is not None:
+        graph.params[conv0.params["bias"]] = b0
     return float(torch.log2(s).abs().max())
 
 
-def equalize_(graph: Graph) -> bool:
-    """Equalize every pair (a few sweeps); True if any weight changed."""
-    pairs = equalization_pairs(graph)
+def equalize_(graph: Graph, pairs: list[tuple[Node, Node]] | None = None) -> bool:
+    """Equalize `pairs` (default: every pair of `equalization_pairs`) in a few sweeps; True if any weight
+    changed."""
+    pairs = equalization_pairs(graph) if pairs is None else pairs
     changed = False
     for _ in range(_SWEEPS):
         largest = max((_balance(graph, a, b) for a, b in pairs), default=0.0)

@@ -24,7 +24,7 @@ log = logging.getLogger("pytorch_nndct")
 def table_from_points(expected: QuantTable, plan: QuantPlan, points: dict[str, Any]) -> QuantTable:
     """The calibrated table: `expected` (the plan's specs by key) with each point's fix position, or float step
     and zero point. Raises NndctError if no calibration forward pass ran."""
-    table = QuantTable(expected.model, dict(expected.params), dict(expected.outputs), expected.graph_md5)
+    table = dataclasses.replace(expected, params=dict(expected.params), outputs=dict(expected.outputs))
     missing = []
     for p in plan.params:
         pq: ParamQuant = points[p.key]

@@ -20,6 +20,7 @@ class QuantTable:
     fast_finetuned: bool = False
     bias_corrected: bool = False
     mixed_precision: list[str] = field(default_factory=list)  # output keys widened by sensitivity (quant/mixed.py)
+    equalized: list[tuple[str, str]] | None = None  # conv pairs cross-layer equalization kept (None: not recorded)
 
     def fix_pos(self, key: str) -> int | None:
         spec = self.params.get(key) or self.outputs.get(key)
