@@ -1,4 +1,9 @@
-"""The modules generated code builds: one per op, so later stages can attach quantization to each."""
+"""The modules generated code builds: one per op, so later stages can attach quantization to each.
+
+The package also holds what models written for the original's quantization-aware training import:
+`functional` (ops as modules, `from pytorch_nndct.nn.modules import functional`) and `QuantStub` /
+`DeQuantStub` (also exported from `pytorch_nndct.nn`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .functional import FUNCTIONS, resolve_aten
+from ..functional import FUNCTIONS, resolve_aten
+from . import functional  # noqa: F401  (pytorch_nndct.nn.modules.functional, not in __all__)
+from .quant_stubs import DeQuantStub, QuantStub
 
 __all__ = [
     "Aten",
@@ -20,6 +27,7 @@ __all__ = [
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTranspose3d",
+    "DeQuantStub",
     "Embedding",
     "GroupNorm",
     "Input",
@@ -27,6 +35,7 @@ __all__ = [
     "Linear",
     "Module",
     "QuantHooks",
+    "QuantStub",
 ]
 
 
