@@ -52,6 +52,7 @@ class Mode(enum.Enum):
     FLOAT = 0
     CALIB = 1
     TEST = 2
+    QAT = 3  # quantization-aware training: points run their trained-threshold quantizers (quant/qat.py)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class ActPoint:
         self.fused_clamp: tuple[float, float] | None = None  # a ReLU/ReLU6 this point applies itself
         # mixed precision: the wider spec this point may get, and its fix positions found in calibration
         self.wide: tuple[QuantSpec, FixPosObserver] | None = None
+        self.tqt: torch.nn.Module | None = None  # quantization-aware training: its TQT quantizer (quant/qat.py)
 
     def watch_wide(self, bitwidth: int) -> None:
         """In calibration, also find the fix position this point would have at `bitwidth` (same method and
@@ -122,6 +124,10 @@ class ActPoint:
         mode = self.state.mode
         if mode is Mode.FLOAT or not x.is_floating_point():
             return x
+        if mode is Mode.QAT:
+            if self.fused_clamp is not None:  # the ReLU/ReLU6 ends this group: quantize what it lets through
+                x = x.clamp(*self.fused_clamp)
+            return x if self.tqt is None else self.tqt(x)
         if mode is Mode.CALIB:
             self.state.calibrated = True
         if not self.spec.is_int or self.spec.float_scale:
@@ -208,6 +214,7 @@ class ParamQuant:
         self._weight: torch.Tensor | None = None  # this call's weight (before quantization)
         self._int_weights: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # stamp, integers, scales
         self._int_bias: torch.Tensor | None = None  # this call's bias divided by the channel scales
+        self.tqt: dict[str, torch.nn.Module] = {}  # attribute name -> its TQT quantizer (quant/qat.py)
 
     def add(self, attr: str, key: str, spec: QuantSpec, calib: CalibSpec | None = None) -> None:
         self.specs[attr] = spec
@@ -217,6 +224,9 @@ class ParamQuant:
     def __call__(self, attr: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or self.state.mode is Mode.FLOAT or attr not in self.specs:
             return tensor
+        if self.state.mode is Mode.QAT:
+            quantizer = self.tqt.get(attr)
+            return tensor if quantizer is None else quantizer(tensor)
         out = self._quantized(attr, tensor)
         if self.input_step is None:
             return out
