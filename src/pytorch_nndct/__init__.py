@@ -7,7 +7,7 @@ readable PyTorch source.
 """
 
 from . import _logging, utils
-from .apis import Inspector, dump_xmodel, load_vai_ops, torch_quantizer
+from .apis import Inspector, QatProcessor, dump_xmodel, load_vai_ops, torch_quantizer
 from .codegen import load_module, write_module
 from .errors import CaptureError, CodegenError, InputError, NndctError, OutputDirError
 from .ir import Graph, Op, dump, trace, verify
@@ -24,6 +24,7 @@ __all__ = [
     "NndctError",
     "Op",
     "OutputDirError",
+    "QatProcessor",
     "__version__",
     "dump",
     "dump_xmodel",

@@ -45,7 +45,7 @@ from .quant.runtime import Mode
 from .quantizer import LAST, QuantSession
 from .targets import Inspector, assign_devices, cpu_ops, get_target
 
-__all__ = ["Inspector", "dump_xmodel", "load_vai_ops", "torch_quantizer"]
+__all__ = ["Inspector", "QatProcessor", "dump_xmodel", "load_vai_ops", "torch_quantizer"]
 
 log = logging.getLogger("pytorch_nndct")
 
@@ -513,3 +513,6 @@ def load_vai_ops() -> None:
     """The original registers onnxruntime ops for its non-native ONNX export; ours is always native Q/DQ, so
     there is nothing to register (kept so 3.5 scripts that call it run unchanged)."""
     log.info("load_vai_ops(): our ONNX exports use standard Q/DQ ops; nothing to register")
+
+
+from .qat_processor import QatProcessor  # noqa: E402  (it builds on torch_quantizer above)
