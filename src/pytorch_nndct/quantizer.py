@@ -168,34 +168,23 @@ class QuantSession:
 
     def _decide_pairs(self, module: torch.nn.Module, names: list[tuple[str, str]], args: tuple,
                       kwargs: dict) -> tuple[list[tuple[str, str]], list[str]]:  # fmt: skip
-        segments = self._pair_segments(module, names, args, kwargs)
-        kept, report = [], []
-        for (a, b), segment in zip(names, segments, strict=True):
-            conv0, conv1 = self.graph.node(a), self.graph.node(b)
-            s = pair_scales(self.graph, conv0, conv1)
-            if s is None:
-                continue
-            original = (self.graph.params[conv0.params["weight"]], self._param(conv0, "bias"),
-                        self.graph.params[conv1.params["weight"]])  # fmt: skip
-            off, on = segment_errors(segment, original, scaled_pair(self.graph, conv0, conv1, s))
-            if on < off:
-                kept.append((a, b))
-            report.append(f"{a} -> {b}: {'kept' if on < off else 'left out'} (segment error {off:.3g} -> {on:.3g})")
-        return kept, report
-
-    def _param(self, node: Any, role: str) -> torch.Tensor | None:
-        key = node.params.get(role)
-        return None if key is None else self.graph.params[key]
-
-    def _pair_segments(self, module: torch.nn.Module, names: list[tuple[str, str]], args: tuple,
-                       kwargs: dict) -> list[Segment]:  # fmt: skip
-        """Each pair's segment with the float input of its first conv (one float pass over `args`)."""
+        """One float pass over `args`; each pair is judged when the pass reaches its second conv, from the
+        input its first conv saw (then dropped: one pair's input held at a time, not every pair's)."""
         index = {n.name: k for k, n in enumerate(self.graph.nodes)}
         seen: dict[str, tuple] = {}  # conv0: (its input,); the ops between: (their other args, kwargs)
+        errors: dict[tuple[str, str], tuple[float, float]] = {}
 
         def record(name: str, first: bool) -> Callable[..., None]:
             def hook(sub: torch.nn.Module, inputs: tuple, kw: dict, output: Any) -> None:
                 seen.setdefault(name, (inputs[0].detach(),) if first else (inputs[1:], kw))
+
+            return hook
+
+        def judge(a: str, b: str) -> Callable[..., None]:
+            def hook(sub: torch.nn.Module, inputs: tuple) -> None:
+                if a in seen and (a, b) not in errors:
+                    errors[(a, b)] = self._pair_errors(self._segment(module, index, a, b, seen), a, b)
+                    del seen[a]
 
             return hook
 
@@ -206,13 +195,31 @@ class QuantSession:
                 sub = getattr(module, f"module_{index[node.name]}")
                 hooks.append(sub.register_forward_hook(record(node.name, node.name == a), with_kwargs=True))
                 node = node.users[0]
+            hooks.append(getattr(module, f"module_{index[b]}").register_forward_pre_hook(judge(a, b)))
         try:
             with torch.no_grad():
                 module(*args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
-        return [self._segment(module, index, a, b, seen) for a, b in names]
+        kept = [p for p in names if p in errors and errors[p][1] < errors[p][0]]
+        report = [f"{a} -> {b}: {'kept' if (a, b) in kept else 'left out'} (segment error {off:.3g} -> {on:.3g})"
+                  for (a, b), (off, on) in errors.items()]  # fmt: skip
+        return kept, report
+
+    def _pair_errors(self, segment: Segment, a: str, b: str) -> tuple[float, float]:
+        """The segment's error without and with the pair's scales (inf with them where they do not apply)."""
+        conv0, conv1 = self.graph.node(a), self.graph.node(b)
+        s = pair_scales(self.graph, conv0, conv1)
+        original = (self.graph.params[conv0.params["weight"]], self._param(conv0, "bias"),
+                    self.graph.params[conv1.params["weight"]])  # fmt: skip
+        if s is None:
+            return 0.0, float("inf")
+        return segment_errors(segment, original, scaled_pair(self.graph, conv0, conv1, s))
+
+    def _param(self, node: Any, role: str) -> torch.Tensor | None:
+        key = node.params.get(role)
+        return None if key is None else self.graph.params[key]
 
     def _segment(self, module: torch.nn.Module, index: dict[str, int], a: str, b: str, seen: dict) -> Segment:
         conv0, conv1 = self.graph.node(a), self.graph.node(b)
