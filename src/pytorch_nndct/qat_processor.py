@@ -33,7 +33,7 @@ import torch
 from .apis import torch_quantizer
 from .codegen import prepare_output_dir, write_atomic
 from .errors import InputError, NndctError
-from .export.quant_info import QuantInfoError, read_quant_info, write_quant_info
+from .export.quant_info import QuantInfoError, _tensor_bytes, read_quant_info, write_quant_info
 from .quant.qat import attach_tqt, fix_positions, start_from
 from .quant.rules import apply_constraints
 from .quant.runtime import Mode
@@ -195,14 +195,6 @@ def _trained_params(model: torch.nn.Module, graph: Any) -> dict[str, torch.Tenso
             if isinstance(value, torch.Tensor):
                 out[key] = value.detach().cpu().clone()
     return out
-
-
-def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    return buffer.getvalue()
 
 
 def _bind_methods(model: torch.nn.Module, quantizers: dict[str, TQTQuantizer]) -> None:
